@@ -1,0 +1,134 @@
+// sherd::Client — the library a training process links to hand its
+// gradients to its shard server and get updated parameters back.
+//
+//   auto client = sherd::Client::Connect("127.0.0.1:7070").value();
+//   sherd::ModelDef model{.name = "mlp",
+//                         .tensors = {{"fc1.weight", {512, 256}},
+//                                     {"fc1.bias", {512}, "no_decay"}},
+//                         .groups = {{.name = "no_decay", .weight_decay = 0}}};
+//   client->Register(model).IgnoreError();      // maps P and G
+//   InitWeights(client->Param("fc1.weight"));   // write initial values
+//   client->InitParams();                       // they become the fp32 master
+//   for (...) {
+//     Backward(client->Param(...), client->Grad(...));  // write grads into G
+//     auto r = client->Step({.lr = 1e-3f});     // params in P are updated
+//   }
+//
+// Data plane: by default the server's param buffer P and grad buffer G are
+// mapped from shared memory (same host), so Step copies nothing. With
+// use_shared_memory = false (remote server) the views are local memory and
+// Step() pushes G before and fetches P after, over gRPC streams.
+//
+// Every call has a deadline; Step retries on UNAVAILABLE with the same step
+// id (the server applies a step at most once and replays its response).
+// Threads: a Client is not thread-safe, except that a StepAsync future may be
+// waited on from another thread (do not touch the buffers until it is ready).
+#pragma once
+
+#include <cstdint>
+#include <future>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/layout.h"
+
+namespace sherd {
+
+struct ClientOptions {
+  absl::Duration deadline = absl::Seconds(60);  // per call
+  int max_retries = 5;                          // for UNAVAILABLE on Step
+  absl::Duration retry_backoff = absl::Milliseconds(100);  // doubles per try
+  bool use_shared_memory = true;
+  int64_t chunk_elements = 1 << 18;  // inline transfers: 1 MiB per message
+  int64_t max_message_bytes = 64 << 20;
+};
+
+struct TensorDef {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::string group;  // "" = default group
+};
+
+struct GroupDef {
+  std::string name;
+  float lr_scale = 1.0f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0.01f;
+};
+
+struct ModelDef {
+  std::string name;
+  std::vector<TensorDef> tensors;
+  std::vector<GroupDef> groups;  // "default" may be overridden here
+};
+
+struct RegisterInfo {
+  bool reattached = false;
+  bool initialized = false;
+  int64_t next_step = 1;
+  int rank = 0;
+  int world_size = 1;
+  bool shared_memory = false;
+};
+
+struct StepOptions {
+  float lr = 1e-3f;
+  float grad_scale = 1.0f;
+  float max_grad_norm = 0.0f;  // 0: no clipping
+};
+
+struct StepResult {
+  int64_t step = 0;
+  bool applied = false;
+  std::string skip_reason;
+  double grad_norm = 0;
+  double clip_coef = 1;
+  bool replayed = false;
+  int retries = 0;
+  double server_ms = 0;  // the server's total for the step
+  double reduce_scatter_ms = 0, norm_ms = 0, optimizer_ms = 0, all_gather_ms = 0;
+};
+
+class Client {
+ public:
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(
+      const std::string& address, ClientOptions options = {});
+  ~Client();
+
+  absl::StatusOr<RegisterInfo> Register(const ModelDef& model);
+  // Copies P into the fp32 master copy and zeroes the moments.
+  absl::Status InitParams(bool force = false);
+
+  // One optimizer step with the next step id.
+  absl::StatusOr<StepResult> Step(const StepOptions& options);
+  std::future<absl::StatusOr<StepResult>> StepAsync(const StepOptions& options);
+
+  // Inline data plane (works with or without shared memory). Offsets are in
+  // elements of the flat layout.
+  absl::Status PushGrads(std::span<const float> grads, int64_t offset = 0);
+  absl::Status PushParams(std::span<const float> params, int64_t offset = 0);
+  absl::Status FetchParams(std::span<float> out, int64_t offset = 0);
+  absl::Status FetchGrads(std::span<float> out, int64_t offset = 0);
+
+  // Views, valid after Register.
+  const Layout& layout() const;
+  std::span<float> params();  // the whole padded flat buffer
+  std::span<float> grads();
+  std::span<float> Param(const std::string& name);  // empty if unknown
+  std::span<float> Grad(const std::string& name);
+  int64_t next_step() const;
+  bool shared_memory() const;
+
+ private:
+  struct Impl;
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sherd

@@ -1,0 +1,101 @@
+#include "server/config.h"
+
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cctype>
+#include <thread>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace sherd {
+
+absl::StatusOr<int64_t> ParseBytes(const std::string& text) {
+  std::string t = absl::AsciiStrToLower(absl::StripAsciiWhitespace(text));
+  size_t i = 0;
+  while (i < t.size() && (std::isdigit(static_cast<unsigned char>(t[i])) || t[i] == '.')) ++i;
+  double value;
+  if (i == 0 || !absl::SimpleAtod(t.substr(0, i), &value)) {
+    return absl::InvalidArgumentError(absl::StrCat("not a size: '", text, "'"));
+  }
+  std::string unit = t.substr(i);
+  double mult = 1;
+  if (unit.empty() || unit == "b") mult = 1;
+  else if (unit == "k" || unit == "kb" || unit == "kib") mult = 1024.0;
+  else if (unit == "m" || unit == "mb" || unit == "mib") mult = 1024.0 * 1024;
+  else if (unit == "g" || unit == "gb" || unit == "gib") mult = 1024.0 * 1024 * 1024;
+  else if (unit == "t" || unit == "tb" || unit == "tib") mult = 1024.0 * 1024 * 1024 * 1024;
+  else return absl::InvalidArgumentError(absl::StrCat("unknown size unit in '", text, "'"));
+  return static_cast<int64_t>(value * mult);
+}
+
+absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
+  ServerConfig c;
+  CLI::App app{
+      "sherd-server: a shard server. Owns a slice of a model's fp32 master "
+      "params, gradients and Adam moments and applies AdamW to it each step."};
+  app.set_config("--config", "", "Read options from a TOML/INI file");
+  std::string memory_limit;
+  app.add_option("--listen", c.listen,
+                 "Address to serve on: host:port (port 0 picks one) or unix:/path")
+      ->envname("SHERD_LISTEN")->capture_default_str();
+  app.add_option("--rank", c.rank, "This server's rank")
+      ->envname("SHERD_RANK")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--world-size", c.world_size, "Number of shard servers")
+      ->envname("SHERD_WORLD_SIZE")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--memory-limit", memory_limit,
+                 "Most bytes of state this server may hold, e.g. 16GiB "
+                 "(default: 90% of physical memory)")
+      ->envname("SHERD_MEMORY_LIMIT");
+  app.add_option("--optimizer-threads", c.optimizer_threads,
+                 "Threads for the optimizer (0: all cores available)")
+      ->envname("SHERD_OPTIMIZER_THREADS")->check(CLI::NonNegativeNumber);
+  app.add_option("--max-message-bytes", c.max_message_bytes,
+                 "Largest gRPC message accepted")
+      ->envname("SHERD_MAX_MESSAGE_BYTES")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--shm-prefix", c.shm_prefix,
+                 "Name prefix of the shared-memory buffers (must start with /)")
+      ->envname("SHERD_SHM_PREFIX");
+  app.add_option("--address-file", c.address_file,
+                 "Write the bound address to this file once serving")
+      ->envname("SHERD_ADDRESS_FILE");
+  app.add_option("--log-level", c.log_level, "debug, info, warning or error")
+      ->envname("SHERD_LOG_LEVEL")
+      ->check(CLI::IsMember({"debug", "info", "warning", "error"}))
+      ->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    return absl::CancelledError(app.help());
+  } catch (const CLI::CallForAllHelp&) {
+    return absl::CancelledError(app.help("", CLI::AppFormatMode::All));
+  } catch (const CLI::ParseError& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(e.what(), "\nRun with --help for usage."));
+  }
+  if (c.rank >= c.world_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--rank ", c.rank, " is not below --world-size ", c.world_size));
+  }
+  if (!c.shm_prefix.empty() && c.shm_prefix[0] != '/') {
+    return absl::InvalidArgumentError("--shm-prefix must start with '/'");
+  }
+  if (!memory_limit.empty()) {
+    auto b = ParseBytes(memory_limit);
+    if (!b.ok()) return b.status();
+    c.memory_limit_bytes = *b;
+  } else {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    if (pages > 0 && page > 0) {
+      c.memory_limit_bytes = static_cast<int64_t>(pages) * page / 10 * 9;
+    }
+  }
+  if (c.optimizer_threads == 0) {
+    c.optimizer_threads = std::max(1u, std::thread::hardware_concurrency());
+  }
+  return c;
+}
+
+}  // namespace sherd

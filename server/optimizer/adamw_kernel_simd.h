@@ -1,0 +1,137 @@
+// Internal: the AdamW loop shared by the SIMD paths, written once over a
+// vector-traits type V (see adamw_kernel_avx2.cc / adamw_kernel_avx512.cc).
+//
+// Include only from a SIMD translation unit, with V defined in that unit's
+// anonymous namespace: the instantiations then have internal linkage, so code
+// compiled for one instruction set can never be merged into another unit.
+//
+// Every element, the tail included, goes through the same vector code: the
+// tail is staged through stack buffers instead of a scalar loop, so a result
+// does not depend on where a chunk or segment boundary falls, nor on the
+// thread count, and the AVX2 and AVX-512 paths agree bit for bit.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "server/optimizer/adamw_kernel.h"
+
+namespace sherd::internal {
+
+template <class V, GradType kGrad, ParamOutType kOut>
+struct SimdAdamW {
+  using Vec = typename V::Vec;
+  static constexpr int kWidth = V::kWidth;
+  using GradT = std::conditional_t<kGrad == GradType::kFloat32, float,
+                                   uint16_t>;
+  using OutT = std::conditional_t<kOut == ParamOutType::kBFloat16, uint16_t,
+                                  float>;
+
+  struct Consts {
+    Vec mult, decay, beta1, omb1, beta2, omb2, step, inv_sqrt_bc2, eps;
+  };
+
+  static Vec LoadGrad(const GradT* g) {
+    if constexpr (kGrad == GradType::kFloat32) {
+      return V::Load(g);
+    } else if constexpr (kGrad == GradType::kBFloat16) {
+      return V::LoadBf16(g);
+    } else {
+      return V::LoadHalf(g);
+    }
+  }
+
+  // One vector of elements starting at index i of every stream.
+  static void Block(const Consts& k, const GradT* grad, float* param,
+                    float* exp_avg, float* exp_avg_sq, OutT* out, int64_t i) {
+    const Vec g = V::Mul(LoadGrad(grad + i), k.mult);
+    const Vec p = V::Mul(V::Load(param + i), k.decay);
+    const Vec m = V::Fmadd(k.beta1, V::Load(exp_avg + i), V::Mul(k.omb1, g));
+    const Vec v = V::Fmadd(k.beta2, V::Load(exp_avg_sq + i),
+                           V::Mul(V::Mul(k.omb2, g), g));
+    const Vec denom = V::Fmadd(V::Sqrt(v), k.inv_sqrt_bc2, k.eps);
+    const Vec p_new = V::Fnmadd(k.step, V::Div(m, denom), p);
+    V::Store(param + i, p_new);
+    V::Store(exp_avg + i, m);
+    V::Store(exp_avg_sq + i, v);
+    if constexpr (kOut == ParamOutType::kFloat32) {
+      V::Store(out + i, p_new);
+    } else if constexpr (kOut == ParamOutType::kBFloat16) {
+      V::StoreBf16(out + i, p_new);
+    }
+  }
+
+  static void Run(const AdamWKernelArgs& a, const AdamWConstants& c,
+                  int64_t begin, int64_t end) {
+    const Consts k = {V::Set1(c.grad_multiplier), V::Set1(c.decay),
+                      V::Set1(c.beta1),           V::Set1(c.one_minus_beta1),
+                      V::Set1(c.beta2),           V::Set1(c.one_minus_beta2),
+                      V::Set1(c.step_size),       V::Set1(c.inv_sqrt_bc2),
+                      V::Set1(c.eps)};
+    const auto* grad = static_cast<const GradT*>(a.grad);
+    auto* out = static_cast<OutT*>(a.param_out);
+    int64_t i = begin;
+    // Two independent vectors per iteration keep more loads in flight.
+    for (; i + 2 * kWidth <= end; i += 2 * kWidth) {
+      Block(k, grad, a.param, a.exp_avg, a.exp_avg_sq, out, i);
+      Block(k, grad, a.param, a.exp_avg, a.exp_avg_sq, out, i + kWidth);
+    }
+    for (; i + kWidth <= end; i += kWidth) {
+      Block(k, grad, a.param, a.exp_avg, a.exp_avg_sq, out, i);
+    }
+    if (i < end) Tail(k, grad, a, out, i, static_cast<int>(end - i));
+  }
+
+  // Fewer than kWidth elements: zero-padded copies, so the padding lanes
+  // compute harmless finite values that are never written back.
+  static void Tail(const Consts& k, const GradT* grad,
+                   const AdamWKernelArgs& a, OutT* out, int64_t i, int n) {
+    alignas(64) GradT g[kWidth] = {};
+    alignas(64) float p[kWidth] = {};
+    alignas(64) float m[kWidth] = {};
+    alignas(64) float v[kWidth] = {};
+    alignas(64) OutT o[kWidth] = {};
+    for (int j = 0; j < n; ++j) {
+      g[j] = grad[i + j];
+      p[j] = a.param[i + j];
+      m[j] = a.exp_avg[i + j];
+      v[j] = a.exp_avg_sq[i + j];
+    }
+    Block(k, g, p, m, v, o, 0);
+    for (int j = 0; j < n; ++j) {
+      a.param[i + j] = p[j];
+      a.exp_avg[i + j] = m[j];
+      a.exp_avg_sq[i + j] = v[j];
+      if constexpr (kOut != ParamOutType::kNone) out[i + j] = o[j];
+    }
+  }
+};
+
+// The (grad type x param-out type) switch every path needs.
+template <class V>
+void RunSimdAdamW(const AdamWKernelArgs& a, const AdamWConstants& c,
+                  int64_t begin, int64_t end) {
+  auto with_out = [&](auto grad_tag) {
+    constexpr GradType kGrad = decltype(grad_tag)::value;
+    switch (a.param_out_type) {
+      case ParamOutType::kNone:
+        return SimdAdamW<V, kGrad, ParamOutType::kNone>::Run(a, c, begin, end);
+      case ParamOutType::kFloat32:
+        return SimdAdamW<V, kGrad, ParamOutType::kFloat32>::Run(a, c, begin,
+                                                                end);
+      case ParamOutType::kBFloat16:
+        return SimdAdamW<V, kGrad, ParamOutType::kBFloat16>::Run(a, c, begin,
+                                                                 end);
+    }
+  };
+  switch (a.grad_type) {
+    case GradType::kFloat32:
+      return with_out(std::integral_constant<GradType, GradType::kFloat32>());
+    case GradType::kBFloat16:
+      return with_out(std::integral_constant<GradType, GradType::kBFloat16>());
+    case GradType::kFloat16:
+      return with_out(std::integral_constant<GradType, GradType::kFloat16>());
+  }
+}
+
+}  // namespace sherd::internal

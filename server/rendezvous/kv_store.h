@@ -1,0 +1,56 @@
+// A small key-value store used for rendezvous: Gloo's store and NCCL's unique
+// id go through it. Rank 0 hosts the real one over gRPC (peer service); the
+// in-memory one serves threads-as-ranks tests.
+//
+// Contract: Set overwrites; Get blocks until the key exists or the timeout
+// expires (DEADLINE_EXCEEDED), or the store becomes unreachable (UNAVAILABLE).
+// Implementations are thread-safe.
+#pragma once
+
+#include <map>
+#include <string>
+#include <string_view>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace sherd {
+
+class KvStore {
+ public:
+  virtual ~KvStore() = default;
+  virtual absl::Status Set(std::string_view key, std::string_view value) = 0;
+  virtual absl::StatusOr<std::string> Get(std::string_view key,
+                                          absl::Duration timeout) = 0;
+};
+
+class InMemoryKvStore : public KvStore {
+ public:
+  absl::Status Set(std::string_view key, std::string_view value) override {
+    absl::MutexLock lock(&mu_);
+    map_[std::string(key)] = std::string(value);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::string> Get(std::string_view key,
+                                  absl::Duration timeout) override {
+    absl::MutexLock lock(&mu_);
+    std::string k(key);
+    auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return map_.count(k) > 0;
+    };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&ready), timeout)) {
+      return absl::DeadlineExceededError("rendezvous key not set in time: " +
+                                         k);
+    }
+    return map_[k];
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::map<std::string, std::string> map_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace sherd

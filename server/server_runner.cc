@@ -1,0 +1,106 @@
+#include "server/server_runner.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "server/collective/single_rank.h"
+#include "server/service/admin_service.h"
+#include "server/service/trainer_service.h"
+#include "server/shard_server.h"
+
+namespace sherd {
+namespace {
+
+constexpr auto kShutdownGrace = std::chrono::seconds(10);
+
+absl::StatusOr<std::unique_ptr<Collective>> MakeCollective(
+    const ServerConfig& c) {
+  if (c.world_size == 1) return CreateSingleRankCollective();
+  return absl::UnimplementedError(
+      "world size > 1 needs the multi-rank cluster support, not built yet");
+}
+
+// Replaces a requested port 0 by the one gRPC bound.
+std::string BoundAddress(const std::string& listen, int port) {
+  if (absl::StartsWith(listen, "unix:")) return listen;
+  size_t colon = listen.rfind(':');
+  return absl::StrCat(listen.substr(0, colon), ":", port);
+}
+
+}  // namespace
+
+absl::Status RunServer(const ServerConfig& config) {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  SetLogPrefix(absl::StrCat("server r", config.rank));
+  if (config.log_level == "debug") SetLogLevel(LogLevel::kDebug);
+  if (config.log_level == "warning") SetLogLevel(LogLevel::kWarning);
+  if (config.log_level == "error") SetLogLevel(LogLevel::kError);
+
+  absl::StatusOr<std::unique_ptr<Collective>> collective = MakeCollective(config);
+  if (!collective.ok()) return collective.status();
+
+  ServerOptions opts;
+  opts.rank = config.rank;
+  opts.world_size = config.world_size;
+  opts.memory_limit_bytes = config.memory_limit_bytes;
+  opts.optimizer_threads = config.optimizer_threads;
+  opts.shm_prefix = config.shm_prefix;
+  auto shard = std::make_unique<ShardServer>(opts, std::move(*collective));
+  TrainerService trainer(*shard);
+  AdminService admin(*shard);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
+  builder.RegisterService(&trainer);
+  builder.RegisterService(&admin);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || (port == 0 && !absl::StartsWith(config.listen, "unix:"))) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", config.listen));
+  }
+  std::string address = BoundAddress(config.listen, port);
+  shard->SetAddress(address);  // Status shows what clients dial
+  server->GetHealthCheckService()->SetServingStatus(true);
+  SHERD_LOG(Info, "listening on %s (rank %d of %d, memory limit %d bytes, %d optimizer threads)",
+            address, config.rank, config.world_size, config.memory_limit_bytes,
+            config.optimizer_threads);
+  if (!config.address_file.empty()) {
+    std::string tmp = config.address_file + ".tmp";
+    { std::ofstream(tmp) << address << "\n"; }
+    std::rename(tmp.c_str(), config.address_file.c_str());
+  }
+
+  std::thread waiter([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    SHERD_LOG(Info, "signal %d: shutting down", sig);
+    server->GetHealthCheckService()->SetServingStatus(false);
+    server->Shutdown(std::chrono::system_clock::now() + kShutdownGrace);
+  });
+  server->Wait();
+  waiter.join();
+  shard.reset();  // unlinks the shared memory
+  SHERD_LOG(Info, "stopped");
+  return absl::OkStatus();
+}
+
+}  // namespace sherd

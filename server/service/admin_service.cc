@@ -1,0 +1,30 @@
+#include "server/service/admin_service.h"
+
+#include "common/grpc_status.h"
+
+namespace sherd {
+grpc::Status AdminService::Status(grpc::ServerContext*, const v1::StatusRequest*,
+                                  v1::StatusResponse* resp) {
+  *resp = server_.Status();
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::ListTensors(grpc::ServerContext*,
+                                       const v1::ListTensorsRequest*,
+                                       v1::ListTensorsResponse* resp) {
+  return Reply(server_.ListTensors(), resp);
+}
+
+grpc::Status AdminService::Where(grpc::ServerContext*,
+                                 const v1::WhereRequest* req,
+                                 v1::WhereResponse* resp) {
+  return Reply(server_.Where(*req), resp);
+}
+
+grpc::Status AdminService::Inspect(grpc::ServerContext*,
+                                   const v1::InspectRequest* req,
+                                   v1::InspectResponse* resp) {
+  return Reply(server_.Inspect(*req), resp);
+}
+
+}  // namespace sherd

@@ -1,0 +1,26 @@
+// gRPC adapter for sherd.v1.Admin: proto in, ShardServer call, proto out.
+#pragma once
+
+#include "sherd/v1/admin.grpc.pb.h"
+#include "server/shard_server.h"
+
+namespace sherd {
+
+class AdminService final : public v1::Admin::Service {
+ public:
+  explicit AdminService(ShardServer& server) : server_(server) {}
+
+  grpc::Status Status(grpc::ServerContext*, const v1::StatusRequest*,
+                      v1::StatusResponse* resp) override;
+  grpc::Status ListTensors(grpc::ServerContext*, const v1::ListTensorsRequest*,
+                           v1::ListTensorsResponse* resp) override;
+  grpc::Status Where(grpc::ServerContext*, const v1::WhereRequest* req,
+                     v1::WhereResponse* resp) override;
+  grpc::Status Inspect(grpc::ServerContext*, const v1::InspectRequest* req,
+                       v1::InspectResponse* resp) override;
+
+ private:
+  ShardServer& server_;
+};
+
+}  // namespace sherd

@@ -1,0 +1,323 @@
+#include "server/shard_server.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "server/step/step_pipeline.h"
+
+namespace sherd {
+namespace {
+
+constexpr size_t kRecentSteps = 16;
+
+absl::StatusOr<DType> DTypeFromProto(v1::DType t, const std::string& tensor) {
+  switch (t) {
+    case v1::DTYPE_FLOAT32:
+      return DType::kFloat32;
+    case v1::DTYPE_BFLOAT16:
+    case v1::DTYPE_FLOAT16:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", tensor, "': only float32 params are supported so far"));
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", tensor, "' has unknown dtype ", static_cast<int>(t)));
+  }
+}
+
+absl::StatusOr<ParamGroupConfig> GroupFromProto(const v1::ParamGroup& g) {
+  ParamGroupConfig c;
+  c.name = g.name();
+  if (g.lr_scale() != 0) c.lr_scale = g.lr_scale();
+  if (g.beta1() != 0) c.beta1 = g.beta1();
+  if (g.beta2() != 0) c.beta2 = g.beta2();
+  if (g.eps() != 0) c.eps = g.eps();
+  if (g.has_weight_decay()) c.weight_decay = g.weight_decay();
+  auto bad = [&](absl::string_view what) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("param group '", c.name, "': ", what));
+  };
+  if (!(c.lr_scale > 0) || !std::isfinite(c.lr_scale)) return bad("lr_scale must be > 0");
+  if (!(c.beta1 >= 0 && c.beta1 < 1)) return bad("beta1 must be in [0, 1)");
+  if (!(c.beta2 >= 0 && c.beta2 < 1)) return bad("beta2 must be in [0, 1)");
+  if (!(c.eps > 0) || !std::isfinite(c.eps)) return bad("eps must be > 0");
+  if (!(c.weight_decay >= 0) || !std::isfinite(c.weight_decay)) {
+    return bad("weight_decay must be >= 0");
+  }
+  return c;
+}
+
+absl::StatusOr<ModelSpec> SpecFromProto(const v1::RegisterRequest& req) {
+  ModelSpec spec;
+  spec.name = req.model_name();
+  if (spec.name.empty()) return absl::InvalidArgumentError("model_name is empty");
+  absl::flat_hash_map<std::string, int> group_index;
+  spec.groups.push_back(ParamGroupConfig{.name = "default"});
+  group_index["default"] = 0;
+  group_index[""] = 0;
+  for (const v1::ParamGroup& g : req.groups()) {
+    ASSIGN_OR_RETURN(ParamGroupConfig c, GroupFromProto(g));
+    if (c.name.empty()) return absl::InvalidArgumentError("param group without a name");
+    if (c.name == "default") {
+      spec.groups[0] = c;
+      continue;
+    }
+    if (!group_index.emplace(c.name, spec.groups.size()).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("duplicate param group '", c.name, "'"));
+    }
+    spec.groups.push_back(c);
+  }
+  for (const v1::TensorSpec& t : req.tensors()) {
+    TensorDesc d;
+    d.name = t.name();
+    d.shape.assign(t.shape().begin(), t.shape().end());
+    ASSIGN_OR_RETURN(d.dtype, DTypeFromProto(t.dtype(), t.name()));
+    auto it = group_index.find(t.param_group());
+    if (it == group_index.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", t.name(), "' names unknown param group '",
+          t.param_group(), "'"));
+    }
+    d.group = it->second;
+    spec.tensors.push_back(std::move(d));
+  }
+  return spec;
+}
+
+std::string DefaultShmPrefix(int rank) {
+  static std::atomic<int> counter{0};
+  return absl::StrCat("/sherd.", getpid(), ".r", rank, ".", counter++);
+}
+
+}  // namespace
+
+ShardServer::ShardServer(ServerOptions options,
+                         std::unique_ptr<Collective> collective)
+    : options_(std::move(options)),
+      started_(absl::Now()),
+      collective_(std::move(collective)),
+      optimizer_(std::max(1, options_.optimizer_threads)) {}
+
+ShardServer::~ShardServer() = default;
+
+std::shared_ptr<ModelState> ShardServer::model() const {
+  absl::MutexLock l(&model_mu_);
+  return model_;
+}
+
+absl::StatusOr<std::shared_ptr<ModelState>> ShardServer::RequireModel() const {
+  std::shared_ptr<ModelState> m = model();
+  if (m == nullptr) {
+    return absl::FailedPreconditionError("no model is registered on this server");
+  }
+  return m;
+}
+
+absl::StatusOr<v1::RegisterResponse> ShardServer::Register(
+    const v1::RegisterRequest& req) {
+  ASSIGN_OR_RETURN(ModelSpec spec, SpecFromProto(req));
+  ASSIGN_OR_RETURN(Layout layout,
+                   Layout::Build(spec.tensors, options_.world_size));
+  absl::MutexLock step_lock(&step_mu_);
+  std::shared_ptr<ModelState> m = model();
+  bool reattached = false;
+  if (m != nullptr) {
+    if (m->spec().name != spec.name || !m->layout().SameModel(layout) ||
+        m->spec().groups != spec.groups) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "a different model ('", m->spec().name,
+          "') is already registered on this server; restart the server to "
+          "train another model"));
+    }
+    reattached = true;
+  } else {
+    const int64_t need =
+        ModelState::SharedBytes(layout) + ModelState::PrivateBytes(layout);
+    if (options_.memory_limit_bytes > 0 && need > options_.memory_limit_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "model '", spec.name, "' needs ", need, " bytes on this server (",
+          layout.parameters(), " parameters), over the memory limit of ",
+          options_.memory_limit_bytes, " bytes"));
+    }
+    std::string prefix = options_.shm_prefix.empty()
+                             ? DefaultShmPrefix(options_.rank)
+                             : options_.shm_prefix;
+    ASSIGN_OR_RETURN(m, ModelState::Create(std::move(spec), std::move(layout),
+                                           options_.rank, prefix));
+    absl::MutexLock l(&model_mu_);
+    model_ = m;
+    SHERD_LOG(Info, "registered model '%s': %d tensors, %d parameters, %d bytes",
+              m->spec().name, m->layout().tensors().size(),
+              m->layout().parameters(), need);
+  }
+  v1::RegisterResponse resp;
+  resp.set_reattached(reattached);
+  {
+    absl::MutexLock l(&stats_mu_);
+    resp.set_initialized(initialized_);
+    resp.set_next_step(next_step_);
+  }
+  resp.set_rank(options_.rank);
+  resp.set_world_size(options_.world_size);
+  resp.set_alignment(m->layout().alignment());
+  auto fill = [&](const ShmRegion& r, v1::SharedBuffer* b) {
+    b->set_shm_name(r.name());
+    b->set_bytes(static_cast<int64_t>(r.size()));
+    b->set_elements(m->layout().total());
+  };
+  fill(m->params_region(), resp.mutable_params());
+  fill(m->grads_region(), resp.mutable_grads());
+  return resp;
+}
+
+absl::StatusOr<v1::InitParamsResponse> ShardServer::InitParams(
+    const v1::InitParamsRequest& req) {
+  absl::MutexLock step_lock(&step_mu_);
+  ASSIGN_OR_RETURN(std::shared_ptr<ModelState> m, RequireModel());
+  absl::MutexLock l(&stats_mu_);
+  if (initialized_ && !req.force()) {
+    return absl::FailedPreconditionError(
+        "params are already initialized; pass force to reset the optimizer "
+        "state");
+  }
+  const int64_t n = m->layout().slice_size();
+  std::memcpy(m->master(), m->owned_params(), n * sizeof(float));
+  std::memset(m->exp_avg(), 0, n * sizeof(float));
+  std::memset(m->exp_avg_sq(), 0, n * sizeof(float));
+  initialized_ = true;
+  adam_step_ = 0;
+  v1::InitParamsResponse resp;
+  resp.set_next_step(next_step_);
+  return resp;
+}
+
+absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
+  absl::MutexLock step_lock(&step_mu_);
+  ASSIGN_OR_RETURN(std::shared_ptr<ModelState> m, RequireModel());
+  StepArgs args;
+  {
+    absl::MutexLock l(&stats_mu_);
+    if (!initialized_) {
+      return absl::FailedPreconditionError(
+          "params are not initialized: call InitParams after writing the "
+          "initial values");
+    }
+    if (req.step() != next_step_) {
+      for (const v1::StepResponse& r : recent_) {
+        if (r.step() == req.step()) {
+          v1::StepResponse replay = r;
+          replay.set_replayed(true);
+          return replay;
+        }
+      }
+      return absl::FailedPreconditionError(absl::StrCat(
+          "step ", req.step(), " is out of order: expected step ", next_step_,
+          req.step() < next_step_ ? " (it is too old to replay)" : ""));
+    }
+    args.adam_step = adam_step_ + 1;
+  }
+  args.lr = req.lr();
+  args.grad_scale = req.grad_scale() == 0 ? 1.0f : req.grad_scale();
+  args.max_grad_norm = req.max_grad_norm();
+  if (!healthy_.load()) {
+    return absl::UnavailableError(
+        "this shard server lost a peer; the cluster must be restarted");
+  }
+  absl::StatusOr<StepOutcome> out = RunStep(*m, *collective_, optimizer_, args);
+  if (!out.ok()) {
+    if (absl::IsUnavailable(out.status())) healthy_.store(false);
+    return out.status();
+  }
+  v1::StepResponse resp;
+  resp.set_step(req.step());
+  resp.set_applied(out->applied);
+  resp.set_skipped(!out->applied);
+  resp.set_skip_reason(out->skip_reason);
+  resp.set_grad_norm(out->grad_norm);
+  resp.set_clip_coef(out->clip_coef);
+  v1::StepTimings* t = resp.mutable_timings();
+  t->set_reduce_scatter_ms(out->reduce_scatter_ms);
+  t->set_norm_ms(out->norm_ms);
+  t->set_optimizer_ms(out->optimizer_ms);
+  t->set_all_gather_ms(out->all_gather_ms);
+  t->set_total_ms(out->total_ms);
+  absl::MutexLock l(&stats_mu_);
+  ++next_step_;
+  if (out->applied) {
+    ++adam_step_;
+    ++steps_applied_;
+  } else {
+    ++steps_skipped_;
+    SHERD_LOG(Warning, "step %d skipped: %s", req.step(), out->skip_reason);
+  }
+  recent_.push_back(resp);
+  if (recent_.size() > kRecentSteps) recent_.pop_front();
+  return resp;
+}
+
+absl::StatusOr<float*> ShardServer::BufferFor(const ModelState& m,
+                                              v1::BufferKind kind) const {
+  switch (kind) {
+    case v1::BUFFER_PARAMS:
+      return m.params();
+    case v1::BUFFER_GRADS:
+      return m.grads();
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown buffer kind ", static_cast<int>(kind)));
+  }
+}
+
+absl::Status ShardServer::WriteChunk(const v1::DataChunk& chunk) {
+  ASSIGN_OR_RETURN(std::shared_ptr<ModelState> m, RequireModel());
+  ASSIGN_OR_RETURN(float* base, BufferFor(*m, chunk.buffer()));
+  const std::string& data = chunk.data();
+  if (data.size() % sizeof(float) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk of ", data.size(), " bytes is not a whole number of floats"));
+  }
+  const int64_t n = static_cast<int64_t>(data.size() / sizeof(float));
+  const int64_t total = m->layout().total();
+  if (chunk.offset() < 0 || chunk.offset() > total || n > total - chunk.offset()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk [", chunk.offset(), ", ", chunk.offset() + n,
+        ") is outside the buffer of ", total, " elements"));
+  }
+  std::memcpy(base + chunk.offset(), data.data(), data.size());
+  return absl::OkStatus();
+}
+
+absl::Status ShardServer::ReadRange(
+    const v1::FetchRequest& req,
+    const std::function<bool(const v1::DataChunk&)>& sink) {
+  ASSIGN_OR_RETURN(std::shared_ptr<ModelState> m, RequireModel());
+  ASSIGN_OR_RETURN(float* base, BufferFor(*m, req.buffer()));
+  const int64_t total = m->layout().total();
+  int64_t count = req.count() == 0 ? total - req.offset() : req.count();
+  if (req.offset() < 0 || count < 0 || req.offset() > total ||
+      count > total - req.offset()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "range [", req.offset(), ", ", req.offset() + count,
+        ") is outside the buffer of ", total, " elements"));
+  }
+  int64_t chunk = req.chunk_elements() > 0 ? req.chunk_elements()
+                                           : options_.fetch_chunk_elements;
+  chunk = std::min<int64_t>(chunk, options_.fetch_chunk_elements * 4);
+  v1::DataChunk out;
+  out.set_buffer(req.buffer());
+  for (int64_t off = req.offset(); off < req.offset() + count; off += chunk) {
+    int64_t n = std::min(chunk, req.offset() + count - off);
+    out.set_offset(off);
+    out.set_data(reinterpret_cast<const char*>(base + off), n * sizeof(float));
+    if (!sink(out)) return absl::CancelledError("fetch cancelled by the client");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace sherd

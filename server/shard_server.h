@@ -1,0 +1,105 @@
+// The shard server: the domain object behind the gRPC services. It owns the
+// registered model's state, the collective backend and the optimizer, and
+// serializes steps. The service classes in service/ only convert.
+//
+//   ShardServer server(options, CreateSingleRankCollective());
+//   auto reg = server.Register(request);     // creates P, G in shared memory
+//   server.InitParams({});                   // P -> fp32 master copy
+//   auto result = server.Step(step_request); // one optimizer step
+//
+// Threads: every method is thread-safe. Steps, registration and
+// initialization are serialized by one mutex; the inline data plane and the
+// admin reads do not take it (they read and write buffers whose ordering is
+// the trainer's protocol: push, then Step, then fetch).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "sherd/v1/admin.pb.h"
+#include "sherd/v1/trainer.pb.h"
+#include "server/collective/collective.h"
+#include "server/optimizer/adamw.h"
+#include "server/state/model_state.h"
+
+namespace sherd {
+
+struct ServerOptions {
+  int rank = 0;
+  int world_size = 1;
+  int64_t memory_limit_bytes = 0; // 0: no limit
+  int optimizer_threads = 1;
+  std::string shm_prefix;         // default: /sherd.<pid>.<rank>
+  int64_t fetch_chunk_elements = 1 << 18;
+};
+
+class ShardServer {
+ public:
+  ShardServer(ServerOptions options, std::unique_ptr<Collective> collective);
+  ~ShardServer();
+
+  // Trainer service.
+  absl::StatusOr<v1::RegisterResponse> Register(const v1::RegisterRequest& req);
+  absl::StatusOr<v1::InitParamsResponse> InitParams(
+      const v1::InitParamsRequest& req);
+  absl::StatusOr<v1::StepResponse> Step(const v1::StepRequest& req);
+  // Inline data plane: writes one chunk into P or G.
+  absl::Status WriteChunk(const v1::DataChunk& chunk);
+  // Reads [offset, offset+count) of P or G as chunks; `sink` returns false
+  // to stop (client gone).
+  absl::Status ReadRange(const v1::FetchRequest& req,
+                         const std::function<bool(const v1::DataChunk&)>& sink);
+
+  // Admin service.
+  v1::StatusResponse Status() const;
+  absl::StatusOr<v1::ListTensorsResponse> ListTensors() const;
+  absl::StatusOr<v1::WhereResponse> Where(const v1::WhereRequest& req) const;
+  absl::StatusOr<v1::InspectResponse> Inspect(
+      const v1::InspectRequest& req) const;
+
+  // The address clients dial, once the port is bound.
+  void SetAddress(std::string address) {
+    absl::MutexLock l(&stats_mu_);
+    address_ = std::move(address);
+  }
+
+  // False once a collective failed (a peer is lost).
+  bool healthy() const { return healthy_.load(); }
+
+ private:
+  std::shared_ptr<ModelState> model() const;
+  absl::StatusOr<std::shared_ptr<ModelState>> RequireModel() const;
+  absl::StatusOr<float*> BufferFor(const ModelState& m, v1::BufferKind kind) const;
+
+  const ServerOptions options_;
+  const absl::Time started_;
+  std::atomic<bool> healthy_{true};
+
+  mutable absl::Mutex model_mu_;  // guards the pointer only
+  std::shared_ptr<ModelState> model_ ABSL_GUARDED_BY(model_mu_);
+
+  absl::Mutex step_mu_ ABSL_ACQUIRED_BEFORE(model_mu_);
+  std::unique_ptr<Collective> collective_ ABSL_GUARDED_BY(step_mu_);
+  AdamW optimizer_ ABSL_GUARDED_BY(step_mu_);
+
+  // Step bookkeeping; written under step_mu_, read by Status under stats_mu_.
+  mutable absl::Mutex stats_mu_;
+  std::string address_ ABSL_GUARDED_BY(stats_mu_);
+  bool initialized_ ABSL_GUARDED_BY(stats_mu_) = false;
+  int64_t next_step_ ABSL_GUARDED_BY(stats_mu_) = 1;
+  int64_t adam_step_ ABSL_GUARDED_BY(stats_mu_) = 0;
+  int64_t steps_applied_ ABSL_GUARDED_BY(stats_mu_) = 0;
+  int64_t steps_skipped_ ABSL_GUARDED_BY(stats_mu_) = 0;
+  // Recent responses, newest last, for idempotent retries.
+  std::deque<v1::StepResponse> recent_ ABSL_GUARDED_BY(stats_mu_);
+};
+
+}  // namespace sherd
