@@ -28,7 +28,8 @@ int64_t g_params = int64_t{32} << 20;
 
 struct Buffer {
   explicit Buffer(size_t bytes)
-      : data(static_cast<char*>(std::aligned_alloc(4096, (bytes + 4095) & ~size_t{4095}))),
+      : data(static_cast<char*>(
+            std::aligned_alloc(4096, (bytes + 4095) & ~size_t{4095}))),
         size(bytes) {
     // Fault every page in before timing; nonzero so nothing is special.
     for (size_t i = 0; i < bytes; i += 4) {
@@ -113,10 +114,11 @@ class TableReporter : public benchmark::ConsoleReporter {
 void PrintTable() {
   std::map<std::string, double> copy_gbps;  // "T1" / "T2" -> GB/s
   for (const Row& r : *g_rows) {
-    if (r.name.rfind("memcpy", 0) == 0) copy_gbps[r.name.substr(r.name.rfind('/') + 1)] = r.gbps;
+    if (r.name.rfind("memcpy", 0) == 0)
+      copy_gbps[r.name.substr(r.name.rfind('/') + 1)] = r.gbps;
   }
-  std::printf("\nparams %lld (%.1f Mi), 28 B/param\n", static_cast<long long>(g_params),
-              g_params / 1048576.0);
+  std::printf("\nparams %lld (%.1f Mi), 28 B/param\n",
+              static_cast<long long>(g_params), g_params / 1048576.0);
   std::printf("%-40s %10s %10s %12s\n", "run", "ms/step", "GB/s", "vs memcpy");
   for (const Row& r : *g_rows) {
     const std::string t = r.name.substr(r.name.rfind('/') + 1);
@@ -129,8 +131,10 @@ void PrintTable() {
 int64_t ParseCount(const char* s) {
   char* end = nullptr;
   int64_t n = std::strtoll(s, &end, 10);
-  if (end && (std::strcmp(end, "Mi") == 0 || std::strcmp(end, "M") == 0)) n <<= 20;
-  if (end && (std::strcmp(end, "Ki") == 0 || std::strcmp(end, "K") == 0)) n <<= 10;
+  if (end && (std::strcmp(end, "Mi") == 0 || std::strcmp(end, "M") == 0))
+    n <<= 20;
+  if (end && (std::strcmp(end, "Ki") == 0 || std::strcmp(end, "K") == 0))
+    n <<= 10;
   return n;
 }
 
@@ -152,7 +156,9 @@ int main(int argc, char** argv) {
   for (int threads : {1, 2}) {
     const std::string t = "/T" + std::to_string(threads);
     benchmark::RegisterBenchmark(("memcpy_28B" + t).c_str(), BM_Memcpy)
-        ->Arg(threads)->UseRealTime()->Unit(benchmark::kMillisecond);
+        ->Arg(threads)
+        ->UseRealTime()
+        ->Unit(benchmark::kMillisecond);
     for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
       if (!IsaSupported(isa)) continue;
       for (int half : {0, 1}) {
@@ -161,7 +167,8 @@ int main(int argc, char** argv) {
                                  (half ? "_bf16g_bf16out" : "_fp32") + t;
         benchmark::RegisterBenchmark(name.c_str(), BM_AdamW)
             ->Args({static_cast<int64_t>(isa), threads, half})
-            ->UseRealTime()->Unit(benchmark::kMillisecond);
+            ->UseRealTime()
+            ->Unit(benchmark::kMillisecond);
       }
     }
   }

@@ -59,7 +59,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
                  "Name prefix of the shared-memory buffers (must start with /)")
       ->envname("SHERD_SHM_PREFIX");
   app.add_option("--address-file", c.address_file,
-                 "Write the bound address to this file once serving")
+                 "Write the bound address to this file once serving (- prints \"listening on ADDR\" to stdout)")
       ->envname("SHERD_ADDRESS_FILE");
   app.add_option("--log-level", c.log_level, "debug, info, warning or error")
       ->envname("SHERD_LOG_LEVEL")

@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <thread>
 
@@ -20,7 +21,7 @@
 namespace sherd {
 namespace {
 
-constexpr auto kShutdownGrace = std::chrono::seconds(10);
+constexpr absl::Duration kShutdownGrace = absl::Seconds(10);
 
 absl::StatusOr<std::unique_ptr<Collective>> MakeCollective(
     const ServerConfig& c) {
@@ -60,8 +61,9 @@ absl::Status RunServer(const ServerConfig& config) {
   opts.optimizer_threads = config.optimizer_threads;
   opts.shm_prefix = config.shm_prefix;
   auto shard = std::make_unique<ShardServer>(opts, std::move(*collective));
-  TrainerService trainer(*shard);
-  AdminService admin(*shard);
+  Inflight inflight;
+  TrainerService trainer(*shard, inflight);
+  AdminService admin(*shard, inflight);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -70,6 +72,9 @@ absl::Status RunServer(const ServerConfig& config) {
   builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
+  // Sync-server threads poll their queues with this timeout; the default
+  // makes Shutdown wait seconds for idle pollers to notice.
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::CQ_TIMEOUT_MSEC, 200);
   builder.RegisterService(&trainer);
   builder.RegisterService(&admin);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -83,7 +88,10 @@ absl::Status RunServer(const ServerConfig& config) {
   SHERD_LOG(Info, "listening on %s (rank %d of %d, memory limit %d bytes, %d optimizer threads)",
             address, config.rank, config.world_size, config.memory_limit_bytes,
             config.optimizer_threads);
-  if (!config.address_file.empty()) {
+  if (config.address_file == "-") {
+    std::printf("listening on %s\n", address.c_str());
+    std::fflush(stdout);
+  } else if (!config.address_file.empty()) {
     std::string tmp = config.address_file + ".tmp";
     { std::ofstream(tmp) << address << "\n"; }
     std::rename(tmp.c_str(), config.address_file.c_str());
@@ -94,10 +102,15 @@ absl::Status RunServer(const ServerConfig& config) {
     sigwait(&signals, &sig);
     SHERD_LOG(Info, "signal %d: shutting down", sig);
     server->GetHealthCheckService()->SetServingStatus(false);
-    server->Shutdown(std::chrono::system_clock::now() + kShutdownGrace);
+    int left = inflight.Drain(absl::Now() + kShutdownGrace);
+    if (left > 0) SHERD_LOG(Warning, "cancelling %d calls still in flight", left);
+    server->Shutdown(std::chrono::system_clock::now());
   });
   server->Wait();
   waiter.join();
+  SHERD_LOG(Debug, "serving stopped");
+  server.reset();
+  SHERD_LOG(Debug, "server destroyed");
   shard.reset();  // unlinks the shared memory
   SHERD_LOG(Info, "stopped");
   return absl::OkStatus();

@@ -35,9 +35,9 @@ internal::AdamWKernelFn KernelFor(Isa isa) {
 }
 
 int64_t PiecesOf(const AdamWSegment& s) {
-  return s.end > s.begin ? (s.end - s.begin + kPieceElements - 1) /
-                               kPieceElements
-                         : 0;
+  return s.end > s.begin
+             ? (s.end - s.begin + kPieceElements - 1) / kPieceElements
+             : 0;
 }
 
 }  // namespace
@@ -90,10 +90,8 @@ AdamWConstants MakeAdamWConstants(const AdamWHyper& h, int64_t step,
   const double lr = h.lr;
   AdamWConstants c;
   c.grad_multiplier = grad_multiplier;
-  c.decay = static_cast<float>(1.0 - lr * h.weight_decay);
-  c.beta1 = h.beta1;
+  c.lr_wd = static_cast<float>(lr * h.weight_decay);
   c.one_minus_beta1 = static_cast<float>(1.0 - h.beta1);
-  c.beta2 = h.beta2;
   c.one_minus_beta2 = static_cast<float>(1.0 - h.beta2);
   c.step_size = static_cast<float>(lr / bc1);
   c.inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
@@ -173,8 +171,8 @@ void AdamW::Apply(const AdamWBuffers& buf,
   im.pieces_end.resize(segments.size());
   int64_t pieces = 0;
   for (size_t i = 0; i < segments.size(); ++i) {
-    im.constants[i] = internal::MakeAdamWConstants(segments[i].hyper, step,
-                                                   grad_multiplier);
+    im.constants[i] =
+        internal::MakeAdamWConstants(segments[i].hyper, step, grad_multiplier);
     pieces += PiecesOf(segments[i]);
     im.pieces_end[i] = pieces;
   }
@@ -184,8 +182,7 @@ void AdamW::Apply(const AdamWBuffers& buf,
     // Inline: no atomics, no wake-ups, whole segments per kernel call.
     for (size_t i = 0; i < segments.size(); ++i) {
       if (segments[i].end > segments[i].begin) {
-        im.kernel(im.args, im.constants[i], segments[i].begin,
-                  segments[i].end);
+        im.kernel(im.args, im.constants[i], segments[i].begin, segments[i].end);
       }
     }
     return;

@@ -14,21 +14,26 @@
 //   p  -= (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 //
 // Precision: the per-step constants (bias corrections, step size
-// lr / (1 - beta1^t), 1 / sqrt(1 - beta2^t), 1 - lr * weight_decay) are
-// computed once per Apply() in double and rounded to float; the per-element
-// work is float32 with correctly rounded sqrt and division. bf16/fp16 grads
-// are widened exactly; a bf16 p_out is the updated fp32 master rounded to
-// nearest even (NaN stays NaN), an fp32 p_out is the master itself.
+// lr / (1 - beta1^t), 1 / sqrt(1 - beta2^t), lr * weight_decay, 1 - beta)
+// are computed once per Apply() in double and rounded to float; the
+// per-element work is float32 with correctly rounded sqrt and division,
+// evaluated as m += (1-beta1)(g'-m), v += (1-beta2)(g'^2-v),
+// p -= lr*wd*p + step_size*m/denom, so that each stored value takes a single
+// significant rounding per step (server/optimizer/adamw_kernel.h says why).
+// bf16/fp16 grads are widened exactly; a bf16 p_out is the updated fp32
+// master rounded to nearest even (NaN stays NaN), an fp32 p_out is the
+// master itself.
 //
 // Where the instruction-set paths differ bitwise: the AVX2 and AVX-512 paths
-// fuse m's, v's and p's update and the denominator sqrt(v) * (1 /
-// sqrt(1 - beta2^t)) + eps into FMAs (one rounding per multiply-add); the
-// scalar path rounds the product and the sum separately (built with
-// -ffp-contract=off, the same on every platform). So scalar and SIMD results
-// differ by a few ulps per step (tests/optimizer checks ~1e-6 relative after
-// 100 steps). AVX2 and AVX-512 run the same operation sequence, tails
-// included, and agree bit for bit; within one path the result is independent
-// of the thread count and of chunk and segment boundaries.
+// use FMA (one rounding for a*b+c) for the m, v and p updates, for g'^2 - v
+// and for the denominator sqrt(v) / sqrt(1 - beta2^t) + eps; the scalar path
+// rounds the product and the sum separately (built with -ffp-contract=off,
+// the same on every platform). So scalar and SIMD results differ by an ulp
+// here and there (tests/optimizer checks them against float64 within 1e-6
+// relative after 100 steps). AVX2 and AVX-512 run the same operation
+// sequence, tails included, and agree bit for bit; within one path the
+// result is independent of the thread count and of chunk and segment
+// boundaries.
 //
 // Threads: Apply() splits the work over `threads` workers of an internal pool
 // created once at construction; Apply() itself must not be called

@@ -9,12 +9,16 @@
 //
 // Every path computes, per element and in float32, in this order:
 //   g  = g * grad_multiplier
-//   p  = p * decay
-//   m  = beta1 * m + one_minus_beta1 * g
-//   v  = beta2 * v + (one_minus_beta2 * g) * g
-//   p  = p - step_size * (m / (sqrt(v) * inv_sqrt_bc2 + eps))
-// The SIMD paths fuse the three "a * b + c" forms above into FMAs; the scalar
-// path rounds every operation (see the note in adamw.h).
+//   m  = m + one_minus_beta1 * (g - m)          (= beta1 m + (1 - beta1) g)
+//   v  = v + one_minus_beta2 * (g * g - v)      (= beta2 v + (1 - beta2) g^2)
+//   p  = p - (lr_wd * p + step_size * (m / (sqrt(v) * inv_sqrt_bc2 + eps)))
+// Each stored value then carries ONE rounding that is significant at its own
+// scale (the correction terms are small relative to it), the same as an
+// exact update rounded to float32; the textbook beta1 * m + ... and
+// p * (1 - lr wd) forms add a second one, and float32(1 - lr wd) alone is off
+// by up to 3e-8, a bias that accumulates over steps. The SIMD paths fuse
+// "a * b + c" into FMAs; the scalar path rounds every operation (see
+// adamw.h).
 #pragma once
 
 #include <cstdint>
@@ -28,13 +32,11 @@ namespace sherd::internal {
 // path or thread processes it.
 struct AdamWConstants {
   float grad_multiplier;
-  float decay;            // 1 - lr * weight_decay
-  float beta1;
+  float lr_wd;  // lr * weight_decay
   float one_minus_beta1;
-  float beta2;
   float one_minus_beta2;
-  float step_size;        // lr / (1 - beta1^t)
-  float inv_sqrt_bc2;     // 1 / sqrt(1 - beta2^t)
+  float step_size;     // lr / (1 - beta1^t)
+  float inv_sqrt_bc2;  // 1 / sqrt(1 - beta2^t)
   float eps;
 };
 

@@ -20,12 +20,13 @@ struct Avx512 {
   static Vec Set1(float x) { return _mm512_set1_ps(x); }
   static Vec Load(const float* p) { return _mm512_loadu_ps(p); }
   static void Store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+  static Vec Sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
   static Vec Mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
   static Vec Div(Vec a, Vec b) { return _mm512_div_ps(a, b); }
   static Vec Sqrt(Vec a) { return _mm512_sqrt_ps(a); }
-  // a * b + c and c - a * b, each with a single rounding.
+  // a * b + c and a * b - c, each with a single rounding.
   static Vec Fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
-  static Vec Fnmadd(Vec a, Vec b, Vec c) { return _mm512_fnmadd_ps(a, b, c); }
+  static Vec Fmsub(Vec a, Vec b, Vec c) { return _mm512_fmsub_ps(a, b, c); }
 
   static __m256i Load16(const uint16_t* p) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -46,8 +47,8 @@ struct Avx512 {
         _mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)), lsb),
         16);
     const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    const __m512i r = _mm512_mask_or_epi32(rounded, nan, hi,
-                                           _mm512_set1_epi32(0x40));
+    const __m512i r =
+        _mm512_mask_or_epi32(rounded, nan, hi, _mm512_set1_epi32(0x40));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
                         _mm512_cvtepi32_epi16(r));
   }

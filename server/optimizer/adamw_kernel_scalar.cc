@@ -40,11 +40,10 @@ void Run(const AdamWKernelArgs& a, const AdamWConstants& c, int64_t begin,
   float* __restrict exp_avg_sq = a.exp_avg_sq;
   for (int64_t i = begin; i < end; ++i) {
     const float g = LoadGrad<kGrad>(a.grad, i) * c.grad_multiplier;
-    float p = param[i] * c.decay;
-    const float m = c.beta1 * exp_avg[i] + c.one_minus_beta1 * g;
-    const float v = c.beta2 * exp_avg_sq[i] + (c.one_minus_beta2 * g) * g;
+    const float m = exp_avg[i] + c.one_minus_beta1 * (g - exp_avg[i]);
+    const float v = exp_avg_sq[i] + c.one_minus_beta2 * (g * g - exp_avg_sq[i]);
     const float denom = std::sqrt(v) * c.inv_sqrt_bc2 + c.eps;
-    p = p - c.step_size * (m / denom);
+    const float p = param[i] - (c.lr_wd * param[i] + c.step_size * (m / denom));
     param[i] = p;
     exp_avg[i] = m;
     exp_avg_sq[i] = v;

@@ -22,13 +22,13 @@ template <class V, GradType kGrad, ParamOutType kOut>
 struct SimdAdamW {
   using Vec = typename V::Vec;
   static constexpr int kWidth = V::kWidth;
-  using GradT = std::conditional_t<kGrad == GradType::kFloat32, float,
-                                   uint16_t>;
-  using OutT = std::conditional_t<kOut == ParamOutType::kBFloat16, uint16_t,
-                                  float>;
+  using GradT =
+      std::conditional_t<kGrad == GradType::kFloat32, float, uint16_t>;
+  using OutT =
+      std::conditional_t<kOut == ParamOutType::kBFloat16, uint16_t, float>;
 
   struct Consts {
-    Vec mult, decay, beta1, omb1, beta2, omb2, step, inv_sqrt_bc2, eps;
+    Vec mult, lr_wd, omb1, omb2, step, inv_sqrt_bc2, eps;
   };
 
   static Vec LoadGrad(const GradT* g) {
@@ -45,12 +45,14 @@ struct SimdAdamW {
   static void Block(const Consts& k, const GradT* grad, float* param,
                     float* exp_avg, float* exp_avg_sq, OutT* out, int64_t i) {
     const Vec g = V::Mul(LoadGrad(grad + i), k.mult);
-    const Vec p = V::Mul(V::Load(param + i), k.decay);
-    const Vec m = V::Fmadd(k.beta1, V::Load(exp_avg + i), V::Mul(k.omb1, g));
-    const Vec v = V::Fmadd(k.beta2, V::Load(exp_avg_sq + i),
-                           V::Mul(V::Mul(k.omb2, g), g));
+    const Vec p = V::Load(param + i);
+    const Vec m0 = V::Load(exp_avg + i);
+    const Vec v0 = V::Load(exp_avg_sq + i);
+    const Vec m = V::Fmadd(k.omb1, V::Sub(g, m0), m0);
+    const Vec v = V::Fmadd(k.omb2, V::Fmsub(g, g, v0), v0);
     const Vec denom = V::Fmadd(V::Sqrt(v), k.inv_sqrt_bc2, k.eps);
-    const Vec p_new = V::Fnmadd(k.step, V::Div(m, denom), p);
+    const Vec delta = V::Fmadd(k.lr_wd, p, V::Mul(k.step, V::Div(m, denom)));
+    const Vec p_new = V::Sub(p, delta);
     V::Store(param + i, p_new);
     V::Store(exp_avg + i, m);
     V::Store(exp_avg_sq + i, v);
@@ -63,10 +65,12 @@ struct SimdAdamW {
 
   static void Run(const AdamWKernelArgs& a, const AdamWConstants& c,
                   int64_t begin, int64_t end) {
-    const Consts k = {V::Set1(c.grad_multiplier), V::Set1(c.decay),
-                      V::Set1(c.beta1),           V::Set1(c.one_minus_beta1),
-                      V::Set1(c.beta2),           V::Set1(c.one_minus_beta2),
-                      V::Set1(c.step_size),       V::Set1(c.inv_sqrt_bc2),
+    const Consts k = {V::Set1(c.grad_multiplier),
+                      V::Set1(c.lr_wd),
+                      V::Set1(c.one_minus_beta1),
+                      V::Set1(c.one_minus_beta2),
+                      V::Set1(c.step_size),
+                      V::Set1(c.inv_sqrt_bc2),
                       V::Set1(c.eps)};
     const auto* grad = static_cast<const GradT*>(a.grad);
     auto* out = static_cast<OutT*>(a.param_out);
@@ -84,8 +88,8 @@ struct SimdAdamW {
 
   // Fewer than kWidth elements: zero-padded copies, so the padding lanes
   // compute harmless finite values that are never written back.
-  static void Tail(const Consts& k, const GradT* grad,
-                   const AdamWKernelArgs& a, OutT* out, int64_t i, int n) {
+  static void Tail(const Consts& k, const GradT* grad, const AdamWKernelArgs& a,
+                   OutT* out, int64_t i, int n) {
     alignas(64) GradT g[kWidth] = {};
     alignas(64) float p[kWidth] = {};
     alignas(64) float m[kWidth] = {};

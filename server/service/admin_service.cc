@@ -5,6 +5,7 @@
 namespace sherd {
 grpc::Status AdminService::Status(grpc::ServerContext*, const v1::StatusRequest*,
                                   v1::StatusResponse* resp) {
+  SHERD_ADMIT_OR_RETURN(inflight_);
   *resp = server_.Status();
   return grpc::Status::OK;
 }
@@ -12,18 +13,21 @@ grpc::Status AdminService::Status(grpc::ServerContext*, const v1::StatusRequest*
 grpc::Status AdminService::ListTensors(grpc::ServerContext*,
                                        const v1::ListTensorsRequest*,
                                        v1::ListTensorsResponse* resp) {
+  SHERD_ADMIT_OR_RETURN(inflight_);
   return Reply(server_.ListTensors(), resp);
 }
 
 grpc::Status AdminService::Where(grpc::ServerContext*,
                                  const v1::WhereRequest* req,
                                  v1::WhereResponse* resp) {
+  SHERD_ADMIT_OR_RETURN(inflight_);
   return Reply(server_.Where(*req), resp);
 }
 
 grpc::Status AdminService::Inspect(grpc::ServerContext*,
                                    const v1::InspectRequest* req,
                                    v1::InspectResponse* resp) {
+  SHERD_ADMIT_OR_RETURN(inflight_);
   return Reply(server_.Inspect(*req), resp);
 }
 

@@ -2,13 +2,15 @@
 #pragma once
 
 #include "sherd/v1/admin.grpc.pb.h"
+#include "server/service/inflight.h"
 #include "server/shard_server.h"
 
 namespace sherd {
 
 class AdminService final : public v1::Admin::Service {
  public:
-  explicit AdminService(ShardServer& server) : server_(server) {}
+  AdminService(ShardServer& server, Inflight& inflight)
+      : server_(server), inflight_(inflight) {}
 
   grpc::Status Status(grpc::ServerContext*, const v1::StatusRequest*,
                       v1::StatusResponse* resp) override;
@@ -21,6 +23,7 @@ class AdminService final : public v1::Admin::Service {
 
  private:
   ShardServer& server_;
+  Inflight& inflight_;
 };
 
 }  // namespace sherd

@@ -2,13 +2,15 @@
 #pragma once
 
 #include "sherd/v1/trainer.grpc.pb.h"
+#include "server/service/inflight.h"
 #include "server/shard_server.h"
 
 namespace sherd {
 
 class TrainerService final : public v1::Trainer::Service {
  public:
-  explicit TrainerService(ShardServer& server) : server_(server) {}
+  TrainerService(ShardServer& server, Inflight& inflight)
+      : server_(server), inflight_(inflight) {}
 
   grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest* req,
                         v1::RegisterResponse* resp) override;
@@ -23,6 +25,7 @@ class TrainerService final : public v1::Trainer::Service {
 
  private:
   ShardServer& server_;
+  Inflight& inflight_;
 };
 
 }  // namespace sherd

@@ -1,7 +1,6 @@
 // The Gloo backend through the conformance suite (1 to 4 ranks as threads),
 // plus what only Gloo has: a rendezvous that can time out, and factory
 // argument checks.
-#include <atomic>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -58,6 +57,10 @@ TEST(GlooFactory, RejectsBadArguments) {
   EXPECT_EQ(CreateGlooCollective(store, -1, 2, options).status().code(),
             kInvalid);
   options.timeout = absl::ZeroDuration();
+  EXPECT_EQ(CreateGlooCollective(store, 0, 1, options).status().code(),
+            kInvalid);
+  options.timeout = absl::Seconds(1);
+  options.reduce_scatter_cache_size = 0;
   EXPECT_EQ(CreateGlooCollective(store, 0, 1, options).status().code(),
             kInvalid);
 }

@@ -40,7 +40,8 @@ TEST(AdamWEdge, LeavesElementsOutsideSegmentsUntouched) {
   for (Isa isa : kAllIsas) {
     if (!IsaSupported(isa)) continue;
     for (int threads : {1, 3}) {
-      for (ParamOutType out : {ParamOutType::kFloat32, ParamOutType::kBFloat16}) {
+      for (ParamOutType out :
+           {ParamOutType::kFloat32, ParamOutType::kBFloat16}) {
         SCOPED_TRACE(std::string(IsaName(isa)) + " threads " +
                      std::to_string(threads));
         std::vector<float> p = Poisoned(pr.size), m = Poisoned(pr.size),
@@ -57,11 +58,15 @@ TEST(AdamWEdge, LeavesElementsOutsideSegmentsUntouched) {
           for (int64_t i = 0; i < pr.size; ++i) {
             if (!inside[i]) g.f32[i] = std::numeric_limits<float>::quiet_NaN();
           }
-          AdamWBuffers buf{g.f32.data(), p.data(), m.data(), v.data(),
+          AdamWBuffers buf{g.f32.data(),
+                           p.data(),
+                           m.data(),
+                           v.data(),
                            out == ParamOutType::kFloat32
                                ? static_cast<void*>(out32.data())
                                : static_cast<void*>(out16.data()),
-                           GradType::kFloat32, out};
+                           GradType::kFloat32,
+                           out};
           opt.Apply(buf, pr.SegmentsAt(t), t, 1.0f);
         }
         int64_t touched = 0, bad_inside = 0;
@@ -70,7 +75,8 @@ TEST(AdamWEdge, LeavesElementsOutsideSegmentsUntouched) {
                                 IsPoison(v[i]) && IsPoison(out32[i]) &&
                                 out16[i] == kPoison16;
           if (!inside[i]) touched += !poisoned;
-          if (inside[i]) bad_inside += !std::isfinite(p[i]) || !std::isfinite(v[i]);
+          if (inside[i])
+            bad_inside += !std::isfinite(p[i]) || !std::isfinite(v[i]);
         }
         EXPECT_EQ(touched, 0);
         EXPECT_EQ(bad_inside, 0);
@@ -85,8 +91,13 @@ TEST(AdamWEdge, DegenerateSegmentsAndMissingOutputAreNoOps) {
     if (!IsaSupported(isa)) continue;
     for (int threads : {1, 2}) {
       AdamW opt(threads, isa);
-      AdamWBuffers buf{g.data(), p.data(), m.data(), v.data(), nullptr,
-                       GradType::kFloat32, ParamOutType::kBFloat16};
+      AdamWBuffers buf{g.data(),
+                       p.data(),
+                       m.data(),
+                       v.data(),
+                       nullptr,
+                       GradType::kFloat32,
+                       ParamOutType::kBFloat16};
       opt.Apply(buf, {}, 1, 1.0f);
       const AdamWSegment empty[] = {{5, 5, {}}, {9, 3, {}}};
       opt.Apply(buf, empty, 1, 1.0f);
@@ -110,8 +121,13 @@ TEST(AdamWEdge, NonFiniteGradsPropagateAsNaNNotInfinity) {
     g[3] = std::numeric_limits<float>::quiet_NaN();
     g[33] = std::numeric_limits<float>::infinity();
     AdamW opt(1, isa);
-    AdamWBuffers buf{g.data(), p.data(), m.data(), v.data(), out.data(),
-                     GradType::kFloat32, ParamOutType::kBFloat16};
+    AdamWBuffers buf{g.data(),
+                     p.data(),
+                     m.data(),
+                     v.data(),
+                     out.data(),
+                     GradType::kFloat32,
+                     ParamOutType::kBFloat16};
     const AdamWSegment seg[] = {{0, kN, {}}};
     opt.Apply(buf, seg, 1, 1.0f);
     for (int i = 0; i < kN; ++i) {
@@ -125,7 +141,9 @@ TEST(AdamWEdge, NonFiniteGradsPropagateAsNaNNotInfinity) {
 }
 
 // With lr = 0 and zero grads the master is unchanged, so p_out shows the
-// bf16 rounding of chosen bit patterns on every path.
+// bf16 rounding of chosen bit patterns on every path. (Not infinity: a step
+// turns an infinite master into NaN, inf - 0 * inf; float_convert_test
+// covers it.)
 TEST(AdamWEdge, Bf16OutputRoundsToNearestEvenOnEveryPath) {
   const std::vector<std::pair<uint32_t, uint16_t>> cases = {
       {0x3f808000, 0x3f80},  // tie, even below: down
@@ -135,7 +153,6 @@ TEST(AdamWEdge, Bf16OutputRoundsToNearestEvenOnEveryPath) {
       {0x80000000, 0x8000},  // -0
       {0x00000001, 0x0000},  // smallest subnormal
       {0x7f7fffff, 0x7f80},  // max float rounds to infinity, as it should
-      {0xff800000, 0xff80},  // -inf
       {0x7fc00001, 0x7fc0},  // NaN with a low payload stays NaN
       {0xffff0001, 0xffff},  // negative NaN keeps its sign and high payload
   };
@@ -149,8 +166,13 @@ TEST(AdamWEdge, Bf16OutputRoundsToNearestEvenOnEveryPath) {
     AdamWSegment seg{0, n, {}};
     seg.hyper.lr = 0.0f;
     AdamW opt(1, isa);
-    AdamWBuffers buf{g.data(), p.data(), m.data(), v.data(), out.data(),
-                     GradType::kFloat32, ParamOutType::kBFloat16};
+    AdamWBuffers buf{g.data(),
+                     p.data(),
+                     m.data(),
+                     v.data(),
+                     out.data(),
+                     GradType::kFloat32,
+                     ParamOutType::kBFloat16};
     opt.Apply(buf, {&seg, 1}, 1, 1.0f);
     for (int i = 0; i < n; ++i) {
       EXPECT_EQ(out[i], cases[i].second) << std::hex << cases[i].first;
@@ -165,15 +187,17 @@ TEST(AdamWEdge, ConstantsComeFromDoublePrecision) {
   const auto c1 = internal::MakeAdamWConstants(h, 1, 0.5f);
   EXPECT_EQ(c1.step_size, static_cast<float>(1e-3f / (1.0 - 0.9f)));
   EXPECT_EQ(c1.inv_sqrt_bc2, static_cast<float>(1.0 / std::sqrt(1.0 - 0.999f)));
-  EXPECT_EQ(c1.decay, static_cast<float>(1.0 - 1e-3f * double{0.1f}));
+  EXPECT_EQ(c1.lr_wd, static_cast<float>(double{1e-3f} * double{0.1f}));
+  EXPECT_EQ(c1.one_minus_beta2, static_cast<float>(1.0 - double{0.999f}));
   EXPECT_EQ(c1.grad_multiplier, 0.5f);
   // Late steps: the corrections vanish (a float pow would lose beta2^t).
   const auto big = internal::MakeAdamWConstants(h, 10'000'000, 1.0f);
   EXPECT_EQ(big.inv_sqrt_bc2, 1.0f);
   EXPECT_EQ(big.step_size, 1e-3f);
   const auto mid = internal::MakeAdamWConstants(h, 1000, 1.0f);
-  EXPECT_EQ(mid.inv_sqrt_bc2, static_cast<float>(1.0 / std::sqrt(
-                                  1.0 - std::pow(double{0.999f}, 1000.0))));
+  EXPECT_EQ(mid.inv_sqrt_bc2,
+            static_cast<float>(
+                1.0 / std::sqrt(1.0 - std::pow(double{0.999f}, 1000.0))));
 }
 
 TEST(AdamWEdge, IsaSelection) {

@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <span>
 #include <string>
 #include <vector>
@@ -74,8 +75,11 @@ struct CloseResult {
   double worst = 0.0;  // largest |x - ref| / max(|ref|, mag)
   int64_t worst_index = -1;
   std::string Describe(const char* what) const {
-    return std::string(what) + ": worst normalized error " +
-           std::to_string(worst) + " at element " + std::to_string(worst_index);
+    char buf[160];
+    std::snprintf(buf, sizeof buf,
+                  "%s: worst normalized error %.3g at element %lld", what,
+                  worst, static_cast<long long>(worst_index));
+    return buf;
   }
 };
 
@@ -83,8 +87,7 @@ struct CloseResult {
 // mag may be empty (plain relative bound).
 inline CloseResult Close(std::span<const float> x, std::span<const double> ref,
                          std::span<const double> mag,
-                         std::span<const AdamWSegment> segments,
-                         double rtol) {
+                         std::span<const AdamWSegment> segments, double rtol) {
   CloseResult r;
   for (const AdamWSegment& s : segments) {
     for (int64_t i = s.begin; i < s.end; ++i) {

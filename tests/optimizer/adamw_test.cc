@@ -2,6 +2,8 @@
 // every thread count in {1, 2, 3}, every grad dtype and every p_out dtype;
 // plus agreement between the paths and thread-count independence.
 
+#include "server/optimizer/adamw.h"
+
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -10,7 +12,6 @@
 #include <tuple>
 
 #include "gtest/gtest.h"
-#include "server/optimizer/adamw.h"
 #include "server/optimizer/float_convert.h"
 #include "tests/optimizer/adamw_reference.h"
 #include "tests/optimizer/adamw_test_util.h"
@@ -100,15 +101,13 @@ std::string ComboName(const ::testing::TestParamInfo<Combo>& info) {
 
 INSTANTIATE_TEST_SUITE_P(
     AllPaths, AdamWReferenceTest,
-    ::testing::Combine(::testing::Values(Isa::kScalar, Isa::kAvx2,
-                                         Isa::kAvx512),
-                       ::testing::Values(1, 2, 3),
-                       ::testing::Values(GradType::kFloat32,
-                                         GradType::kBFloat16,
-                                         GradType::kFloat16),
-                       ::testing::Values(ParamOutType::kNone,
-                                         ParamOutType::kFloat32,
-                                         ParamOutType::kBFloat16)),
+    ::testing::Combine(
+        ::testing::Values(Isa::kScalar, Isa::kAvx2, Isa::kAvx512),
+        ::testing::Values(1, 2, 3),
+        ::testing::Values(GradType::kFloat32, GradType::kBFloat16,
+                          GradType::kFloat16),
+        ::testing::Values(ParamOutType::kNone, ParamOutType::kFloat32,
+                          ParamOutType::kBFloat16)),
     ComboName);
 
 // The paths differ only by FMA contraction (see adamw.h): SIMD paths agree
@@ -117,8 +116,8 @@ TEST(AdamWPaths, AgreeWithEachOther) {
   const Problem& pr = SharedProblem();
   const AdamWReference& ref = ReferenceFor(GradType::kFloat32);
   AdamW scalar_opt(1, Isa::kScalar);
-  const RunResult scalar = RunProblem(pr, scalar_opt, GradType::kFloat32,
-                                      ParamOutType::kBFloat16);
+  const RunResult scalar =
+      RunProblem(pr, scalar_opt, GradType::kFloat32, ParamOutType::kBFloat16);
   std::vector<RunResult> simd;
   for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
     if (!IsaSupported(isa)) continue;
@@ -185,9 +184,10 @@ TEST(AdamWPaths, StaysNearPureFloat64Trajectory) {
   EXPECT_TRUE(m.ok) << m.Describe("exp_avg");
   const auto v = Close(r.v, exact.v, {}, pr.base, 1e-5);
   EXPECT_TRUE(v.ok) << v.Describe("exp_avg_sq");
-  std::printf("fp32 state vs pure float64 after %d steps: p %.3g, m %.3g, "
-              "v %.3g (normalized)\n",
-              testing::kSteps, p.worst, m.worst, v.worst);
+  std::printf(
+      "fp32 state vs pure float64 after %d steps: p %.3g, m %.3g, "
+      "v %.3g (normalized)\n",
+      testing::kSteps, p.worst, m.worst, v.worst);
 }
 
 }  // namespace

@@ -31,8 +31,8 @@ struct Grads {
 // Independent of server/optimizer/float_convert.h on purpose.
 inline double DecodeHalf(uint16_t h) {
   const int exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-  const double mag = exp == 0 ? std::ldexp(mant, -24)
-                              : std::ldexp(1024 + mant, exp - 25);
+  const double mag =
+      exp == 0 ? std::ldexp(mant, -24) : std::ldexp(1024 + mant, exp - 25);
   return (h & 0x8000) ? -mag : mag;
 }
 
@@ -60,14 +60,17 @@ struct Problem {
     std::uniform_int_distribution<int> jitter(-2, 2);
     Grads g;
     g.exact.resize(size);
-    if (type == GradType::kFloat32) g.f32.resize(size);
-    else g.u16.resize(size);
+    if (type == GradType::kFloat32)
+      g.f32.resize(size);
+    else
+      g.u16.resize(size);
     for (int64_t i = 0; i < size; ++i) {
       const uint64_t r = rng();
       const uint32_t sign = r & 1;
       const int e = grad_exp[i] + jitter(rng);  // value ~ +-2^e
       if (type == GradType::kFloat32) {
-        const uint32_t bits = sign << 31 | static_cast<uint32_t>(e + 127) << 23 |
+        const uint32_t bits = sign << 31 |
+                              static_cast<uint32_t>(e + 127) << 23 |
                               (static_cast<uint32_t>(r >> 8) & 0x7fffff);
         std::memcpy(&g.f32[i], &bits, 4);
         g.exact[i] = g.f32[i];

@@ -68,8 +68,8 @@ bool Load(const std::string& path, TorchFixture* f) {
   }
   const size_t n = static_cast<size_t>(offset);
   bool ok = f->steps > 0 && f->grads.size() == static_cast<size_t>(f->steps) &&
-            f->p0.size() == n && f->p.size() == n &&
-            f->exp_avg.size() == n && f->exp_avg_sq.size() == n;
+            f->p0.size() == n && f->p.size() == n && f->exp_avg.size() == n &&
+            f->exp_avg_sq.size() == n;
   for (const auto& g : f->grads) ok = ok && g.size() == n;
   return ok;
 }

@@ -30,6 +30,10 @@ absl::StatusOr<std::unique_ptr<Collective>> CreateGlooCollective(
     return absl::InvalidArgumentError(
         "CreateGlooCollective: timeout must be at least 1 ms");
   }
+  if (options.reduce_scatter_cache_size < 1) {
+    return absl::InvalidArgumentError(
+        "CreateGlooCollective: reduce_scatter_cache_size must be at least 1");
+  }
   if (options.hostname.empty()) {
     return absl::InvalidArgumentError("CreateGlooCollective: empty hostname");
   }
@@ -48,8 +52,9 @@ absl::StatusOr<std::unique_ptr<Collective>> CreateGlooCollective(
     internal::GlooStoreAdapter adapter(store, options.prefix, options.timeout);
     context->connectFullMesh(adapter, device);
     return std::unique_ptr<Collective>(
-        std::make_unique<internal::GlooCollective>(std::move(context),
-                                                   timeout));
+        std::make_unique<internal::GlooCollective>(
+            std::move(context), timeout,
+            static_cast<size_t>(options.reduce_scatter_cache_size)));
   } catch (const gloo::IoException& e) {
     error = absl::StrCat("I/O error or timeout: ", e.what());
   } catch (const gloo::EnforceNotMet& e) {

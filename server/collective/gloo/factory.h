@@ -1,4 +1,6 @@
 // Gloo (CPU, TCP transport) implementation of the Collective interface.
+// Never throws: everything Gloo throws, here and in every later collective,
+// comes back as a Status (UNAVAILABLE for lost peers and timeouts).
 #pragma once
 
 #include <memory>
@@ -19,6 +21,11 @@ struct GlooOptions {
   // Keys in the store are prefixed with this, so several backends (e.g. a
   // restart, or tests) can share one store.
   std::string prefix = "gloo";
+  // How many distinct buffers keep their reduce-scatter setup cached (least
+  // recently used is evicted). Each entry holds Gloo scratch of about twice
+  // its buffer; a pipeline cycling through more buffers than this (e.g. more
+  // buckets) rebuilds on every call, which is about 3x slower.
+  int reduce_scatter_cache_size = 8;
 };
 
 // Connects to every peer through `store` (which must outlive the call only).

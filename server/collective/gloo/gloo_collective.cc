@@ -24,12 +24,13 @@ void SumDoubles(void* out, const void* a, const void* b, size_t n) {
 }  // namespace
 
 GlooCollective::GlooCollective(std::shared_ptr<gloo::Context> context,
-                               std::chrono::milliseconds timeout)
+                               std::chrono::milliseconds timeout,
+                               size_t cache_size)
     : rank_(context->rank),
       world_size_(context->size),
       timeout_(timeout),
       context_(std::move(context)),
-      reduce_scatter_cache_(context_, kReduceScatterCacheCapacity) {}
+      reduce_scatter_cache_(context_, cache_size) {}
 
 GlooCollective::~GlooCollective() {
   // Gloo's destructors do not throw in practice, but the cache must go

@@ -32,11 +32,9 @@ namespace sherd::internal {
 
 class GlooCollective final : public Collective {
  public:
-  // Distinct buffers whose reduce-scatter algorithms stay cached.
-  static constexpr size_t kReduceScatterCacheCapacity = 8;
-
+  // `cache_size`: distinct buffers whose reduce-scatter setup stays cached.
   GlooCollective(std::shared_ptr<gloo::Context> context,
-                 std::chrono::milliseconds timeout);
+                 std::chrono::milliseconds timeout, size_t cache_size);
   ~GlooCollective() override;
 
   int rank() const override { return rank_; }
