@@ -124,7 +124,7 @@ void Process::Signal(int sig) {
   if (pid_ > 0) kill(pid_, sig);
 }
 
-RunResult Run(std::vector<std::string> argv, absl::Duration timeout) {
+RunResult RunProgram(std::vector<std::string> argv, absl::Duration timeout) {
   RunResult r;
   auto p = Process::Start(std::move(argv));
   if (!p.ok()) return r;

@@ -47,7 +47,7 @@ struct RunResult {
   int code = -1;
   std::string out;
 };
-RunResult Run(std::vector<std::string> argv, absl::Duration timeout = absl::Seconds(60));
+RunResult RunProgram(std::vector<std::string> argv, absl::Duration timeout = absl::Seconds(60));
 
 // A sherd-server on a loopback port (or unix socket), ready to serve.
 class ServerProcess {

@@ -1,0 +1,90 @@
+// Server lifecycle: unix-socket listening, clean shutdown on SIGTERM and
+// SIGINT with the shared memory unlinked, and flag errors.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "client/client.h"
+#include "tests/testing/process.h"
+
+namespace sherd {
+namespace {
+
+using testing::ServerProcess;
+
+bool ShmExists(const std::string& prefix) {
+  for (const auto& e : std::filesystem::directory_iterator("/dev/shm")) {
+    if (e.path().filename().string().rfind(prefix, 0) == 0) return true;
+  }
+  return false;
+}
+
+void RegisterSmall(const std::string& address) {
+  auto c = Client::Connect(address);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ModelDef m{.name = "m", .tensors = {{"x", {100}, ""}}};
+  ASSERT_TRUE((*c)->Register(m).ok());
+  ASSERT_TRUE((*c)->shared_memory());
+  ASSERT_TRUE((*c)->InitParams().ok());
+  ASSERT_TRUE((*c)->Step({.lr = 0.1f}).ok());
+}
+
+class SignalTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(SignalTest, ShutsDownCleanlyAndUnlinksSharedMemory) {
+  const std::string prefix = "sherd-test." + std::to_string(getpid()) + "." +
+                             std::to_string(GetParam());
+  auto s = ServerProcess::Start({"--shm-prefix", "/" + prefix});
+  ASSERT_TRUE(s.ok()) << s.status();
+  RegisterSmall(s->address());
+  EXPECT_TRUE(ShmExists(prefix));
+  s->process().Signal(GetParam());
+  auto code = s->process().Wait(absl::Seconds(30));
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 0);
+  EXPECT_FALSE(ShmExists(prefix));
+}
+
+INSTANTIATE_TEST_SUITE_P(Signals, SignalTest, ::testing::Values(SIGTERM, SIGINT));
+
+TEST(Lifecycle, ServesOnAUnixSocket) {
+  std::string path = "/tmp/sherd-test-" + std::to_string(getpid()) + ".sock";
+  auto s = ServerProcess::Start({}, "unix:" + path);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->address(), "unix:" + path);
+  RegisterSmall(s->address());
+  auto r = testing::RunProgram({SHERDCTL_BIN, "--server", s->address(), "status"});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("model m"), std::string::npos);
+  EXPECT_EQ(*s->Stop(), 0);
+}
+
+TEST(Lifecycle, BadFlagsExitWithUsageError) {
+  auto r = testing::RunProgram({SHERD_SERVER_BIN, "--rank", "3", "--world-size", "2"});
+  EXPECT_EQ(r.code, 2);
+  r = testing::RunProgram({SHERD_SERVER_BIN, "--memory-limit", "12 parsecs"});
+  EXPECT_EQ(r.code, 2);
+  r = testing::RunProgram({SHERD_SERVER_BIN, "--no-such-flag"});
+  EXPECT_EQ(r.code, 2);
+  r = testing::RunProgram({SHERD_SERVER_BIN, "--help"});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("--memory-limit"), std::string::npos);
+}
+
+TEST(Lifecycle, ConfigFileAndEnvironment) {
+  std::string cfg = "/tmp/sherd-test-" + std::to_string(getpid()) + ".toml";
+  { FILE* f = fopen(cfg.c_str(), "w"); fputs("memory-limit = \"1KiB\"\n", f); fclose(f); }
+  auto s = ServerProcess::Start({"--config", cfg});
+  ASSERT_TRUE(s.ok()) << s.status();
+  auto c = Client::Connect(s->address());
+  ModelDef m{.name = "m", .tensors = {{"x", {1000}, ""}}};
+  auto reg = (*c)->Register(m);
+  EXPECT_EQ(reg.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(*s->Stop(), 0);
+  std::remove(cfg.c_str());
+}
+
+}  // namespace
+}  // namespace sherd
