@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The main job: sets up, builds, starts a local sherd cluster and trains an
-# MLP through it, shows `sherdctl status`, then shuts everything down.
+# The main job: sets up, builds, starts a local sherd cluster (2 shard
+# servers by default) and trains an MLP through it, one trainer per server on
+# its own data shard; shows `sherdctl status`, then shuts everything down.
 #
 #   scripts/demo.sh [--world-size W] [--steps N] [extra train_mlp flags...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-WORLD=1
+WORLD=2
 STEPS=300
 EXTRA=()
 while (($#)); do
@@ -33,23 +34,25 @@ trap cleanup EXIT
 
 echo "== starting $WORLD shard server(s)"
 ADDRS=()
-for ((r = 0; r < WORLD; r++)); do
+start_server() {  # rank [extra flags]
+  local r=$1; shift
   build/server/sherd-server --listen 127.0.0.1:0 --rank "$r" --world-size "$WORLD" \
-    --address-file "$RUN/addr.$r" 2>"$RUN/server.$r.log" &
+    --address-file "$RUN/addr.$r" "$@" 2>"$RUN/server.$r.log" &
   PIDS+=($!)
-done
-for ((r = 0; r < WORLD; r++)); do
-  for _ in $(seq 100); do [[ -s "$RUN/addr.$r" ]] && break; sleep 0.1; done
+  for _ in $(seq 200); do [[ -s "$RUN/addr.$r" ]] && break; sleep 0.05; done
   [[ -s "$RUN/addr.$r" ]] || { echo "server $r did not start:"; cat "$RUN/server.$r.log"; exit 1; }
   ADDRS+=("$(cat "$RUN/addr.$r")")
-done
+}
+# Rank 0 first (it coordinates), then the others pointed at it.
+start_server 0
+for ((r = 1; r < WORLD; r++)); do start_server "$r" --coordinator "${ADDRS[0]}"; done
 echo "   ${ADDRS[*]}"
 
 echo "== training for $STEPS steps"
 TPIDS=()
 for ((r = 0; r < WORLD; r++)); do
   OPENBLAS_NUM_THREADS=1 build/examples/train_mlp --server "${ADDRS[$r]}" \
-    --steps "$STEPS" "${EXTRA[@]}" &
+    --steps "$STEPS" ${EXTRA[@]+"${EXTRA[@]}"} &
   TPIDS+=($!)
 done
 rc=0

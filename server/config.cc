@@ -4,11 +4,13 @@
 
 #include <CLI/CLI.hpp>
 #include <cctype>
+#include <cstdlib>
 #include <thread>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "server/rendezvous/cluster_defaults.h"
 
 namespace sherd {
 
@@ -65,6 +67,23 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
       ->envname("SHERD_LOG_LEVEL")
       ->check(CLI::IsMember({"debug", "info", "warning", "error"}))
       ->capture_default_str();
+  app.add_option("--coordinator", c.coordinator,
+                 "Rank 0's address (host:port); default in a StatefulSet or "
+                 "indexed Job: <name>-0.$SHERD_SERVICE:<port of --listen>")
+      ->envname("SHERD_COORDINATOR");
+  app.add_option("--advertise-address", c.advertise_address,
+                 "Address others dial for this rank (default: the bound address)")
+      ->envname("SHERD_ADVERTISE_ADDRESS");
+  app.add_option("--cluster-id", c.cluster_id,
+                 "Cluster name; servers with different ids never join each other")
+      ->envname("SHERD_CLUSTER_ID");
+  app.add_option("--collective-timeout", c.collective_timeout_s,
+                 "Seconds a collective may take before the step fails UNAVAILABLE")
+      ->envname("SHERD_COLLECTIVE_TIMEOUT")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--join-timeout", c.join_timeout_s,
+                 "Seconds to wait for every rank to join the cluster")
+      ->envname("SHERD_JOIN_TIMEOUT")->check(CLI::PositiveNumber)->capture_default_str();
+  auto* rank_opt = app.get_option("--rank");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -75,12 +94,29 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
     return absl::InvalidArgumentError(
         absl::StrCat(e.what(), "\nRun with --help for usage."));
   }
+  if (rank_opt->count() == 0 && std::getenv("SHERD_RANK") == nullptr) {
+    // Kubernetes: the pod's ordinal or job index.
+    auto d = ClusterDefaultsFromEnvironment();
+    if (!d.ok()) return d.status();
+    if (d->rank) c.rank = *d->rank;
+    if (c.coordinator.empty() && !d->coordinator_host.empty() && c.world_size > 1) {
+      const char* svc = std::getenv("SHERD_SERVICE");
+      size_t colon = c.listen.rfind(':');
+      if (svc != nullptr && colon != std::string::npos) {
+        c.coordinator = absl::StrCat(d->coordinator_host, ".", svc, c.listen.substr(colon));
+      }
+    }
+  }
   if (c.rank >= c.world_size) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--rank ", c.rank, " is not below --world-size ", c.world_size));
   }
   if (!c.shm_prefix.empty() && c.shm_prefix[0] != '/') {
     return absl::InvalidArgumentError("--shm-prefix must start with '/'");
+  }
+  if (c.world_size > 1 && c.rank > 0 && c.coordinator.empty()) {
+    return absl::InvalidArgumentError(
+        "--coordinator (rank 0's address) is required for ranks > 0");
   }
   if (!memory_limit.empty()) {
     auto b = ParseBytes(memory_limit);

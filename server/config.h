@@ -20,6 +20,14 @@ struct ServerConfig {
   std::string shm_prefix;          // default /sherd.<pid>.r<rank>.<n>
   std::string address_file;        // write the bound address here when ready
   std::string log_level = "info";
+
+  // Multi-rank (world_size > 1).
+  std::string coordinator;       // rank 0's address; rank 0 may leave it empty
+  std::string advertise_address; // what peers/trainers/sherdctl dial for this
+                                 // rank (default: the bound address)
+  std::string cluster_id;        // guards against two jobs sharing a coordinator
+  double collective_timeout_s = 60;
+  double join_timeout_s = 300;
 };
 
 // Returns the config, or an error status whose message is ready to print.

@@ -13,7 +13,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "server/cluster_formation.h"
 #include "server/collective/single_rank.h"
+#include "server/rendezvous/coordinator.h"
 #include "server/service/admin_service.h"
 #include "server/service/trainer_service.h"
 #include "server/shard_server.h"
@@ -22,13 +24,6 @@ namespace sherd {
 namespace {
 
 constexpr absl::Duration kShutdownGrace = absl::Seconds(10);
-
-absl::StatusOr<std::unique_ptr<Collective>> MakeCollective(
-    const ServerConfig& c) {
-  if (c.world_size == 1) return CreateSingleRankCollective();
-  return absl::UnimplementedError(
-      "world size > 1 needs the multi-rank cluster support, not built yet");
-}
 
 // Replaces a requested port 0 by the one gRPC bound.
 std::string BoundAddress(const std::string& listen, int port) {
@@ -51,8 +46,12 @@ absl::Status RunServer(const ServerConfig& config) {
   if (config.log_level == "warning") SetLogLevel(LogLevel::kWarning);
   if (config.log_level == "error") SetLogLevel(LogLevel::kError);
 
-  absl::StatusOr<std::unique_ptr<Collective>> collective = MakeCollective(config);
-  if (!collective.ok()) return collective.status();
+  if (config.world_size > 1 && absl::StartsWith(config.listen, "unix:") &&
+      config.advertise_address.empty()) {
+    return absl::InvalidArgumentError(
+        "a multi-rank server needs a TCP address: --listen host:port or "
+        "--advertise-address");
+  }
 
   ServerOptions opts;
   opts.rank = config.rank;
@@ -60,10 +59,15 @@ absl::Status RunServer(const ServerConfig& config) {
   opts.memory_limit_bytes = config.memory_limit_bytes;
   opts.optimizer_threads = config.optimizer_threads;
   opts.shm_prefix = config.shm_prefix;
-  auto shard = std::make_unique<ShardServer>(opts, std::move(*collective));
+  // One rank needs no cluster; more get their collective once formed.
+  auto shard = std::make_unique<ShardServer>(
+      opts, config.world_size == 1 ? CreateSingleRankCollective() : nullptr);
   Inflight inflight;
   TrainerService trainer(*shard, inflight);
   AdminService admin(*shard, inflight);
+  auto table = std::make_shared<PeerTable>(config.rank, config.world_size,
+                                           config.cluster_id);
+  PeerService peer(*table, inflight);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -77,12 +81,15 @@ absl::Status RunServer(const ServerConfig& config) {
   builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::CQ_TIMEOUT_MSEC, 200);
   builder.RegisterService(&trainer);
   builder.RegisterService(&admin);
+  builder.RegisterService(&peer);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || (port == 0 && !absl::StartsWith(config.listen, "unix:"))) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", config.listen));
   }
-  std::string address = BoundAddress(config.listen, port);
+  std::string address = config.advertise_address.empty()
+                            ? BoundAddress(config.listen, port)
+                            : config.advertise_address;
   shard->SetAddress(address);  // Status shows what clients dial
   server->GetHealthCheckService()->SetServingStatus(true);
   SHERD_LOG(Info, "listening on %s (rank %d of %d, memory limit %d bytes, %d optimizer threads)",
@@ -97,11 +104,19 @@ absl::Status RunServer(const ServerConfig& config) {
     std::rename(tmp.c_str(), config.address_file.c_str());
   }
 
+  std::unique_ptr<ClusterFormation> formation;
+  if (config.world_size > 1) {
+    formation = std::make_unique<ClusterFormation>(config, address, table, *shard);
+    formation->Start();
+  }
+
   std::thread waiter([&] {
     int sig = 0;
     sigwait(&signals, &sig);
     SHERD_LOG(Info, "signal %d: shutting down", sig);
     server->GetHealthCheckService()->SetServingStatus(false);
+    if (formation) formation->Stop();
+    table->Close();  // wakes peers blocked in Join or KvGet on this rank
     int left = inflight.Drain(absl::Now() + kShutdownGrace);
     if (left > 0) SHERD_LOG(Warning, "cancelling %d calls still in flight", left);
     server->Shutdown(std::chrono::system_clock::now());

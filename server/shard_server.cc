@@ -106,6 +106,18 @@ ShardServer::ShardServer(ServerOptions options,
 
 ShardServer::~ShardServer() = default;
 
+void ShardServer::AttachCollective(std::unique_ptr<Collective> collective) {
+  absl::MutexLock l(&step_mu_);
+  collective_ = std::move(collective);
+}
+
+void ShardServer::MarkUnhealthy(std::string reason) {
+  SHERD_LOG(Error, "unhealthy: %s", reason);
+  healthy_.store(false);
+  absl::MutexLock l(&stats_mu_);
+  unhealthy_reason_ = std::move(reason);
+}
+
 std::shared_ptr<ModelState> ShardServer::model() const {
   absl::MutexLock l(&model_mu_);
   return model_;
@@ -226,12 +238,20 @@ absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
   args.grad_scale = req.grad_scale() == 0 ? 1.0f : req.grad_scale();
   args.max_grad_norm = req.max_grad_norm();
   if (!healthy_.load()) {
+    absl::MutexLock l(&stats_mu_);
+    return absl::UnavailableError(absl::StrCat(
+        "this shard server is out of service (", unhealthy_reason_,
+        "); restart the cluster"));
+  }
+  if (collective_ == nullptr) {
     return absl::UnavailableError(
-        "this shard server lost a peer; the cluster must be restarted");
+        "the cluster is still forming: not every shard server has joined");
   }
   absl::StatusOr<StepOutcome> out = RunStep(*m, *collective_, optimizer_, args);
   if (!out.ok()) {
-    if (absl::IsUnavailable(out.status())) healthy_.store(false);
+    if (absl::IsUnavailable(out.status())) {
+      MarkUnhealthy(absl::StrCat("step ", req.step(), ": ", out.status().message()));
+    }
     return out.status();
   }
   v1::StepResponse resp;

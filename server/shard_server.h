@@ -43,8 +43,15 @@ struct ServerOptions {
 
 class ShardServer {
  public:
+  // `collective` may be null: a multi-rank server serves Register and the
+  // admin calls while the cluster forms, and gets its collective later.
   ShardServer(ServerOptions options, std::unique_ptr<Collective> collective);
   ~ShardServer();
+
+  // Hands over the collective once the cluster has formed.
+  void AttachCollective(std::unique_ptr<Collective> collective);
+  // Marks this server unhealthy (e.g. the cluster could not form).
+  void MarkUnhealthy(std::string reason);
 
   // Trainer service.
   absl::StatusOr<v1::RegisterResponse> Register(const v1::RegisterRequest& req);
@@ -93,6 +100,7 @@ class ShardServer {
   // Step bookkeeping; written under step_mu_, read by Status under stats_mu_.
   mutable absl::Mutex stats_mu_;
   std::string address_ ABSL_GUARDED_BY(stats_mu_);
+  std::string unhealthy_reason_ ABSL_GUARDED_BY(stats_mu_);
   bool initialized_ ABSL_GUARDED_BY(stats_mu_) = false;
   int64_t next_step_ ABSL_GUARDED_BY(stats_mu_) = 1;
   int64_t adam_step_ ABSL_GUARDED_BY(stats_mu_) = 0;

@@ -55,6 +55,7 @@ v1::StatusResponse ShardServer::Status() const {
   }
   absl::MutexLock l(&stats_mu_);
   r.set_address(address_);
+  r.set_unhealthy_reason(unhealthy_reason_);
   if (m != nullptr) {
     v1::ModelSummary* s = r.mutable_model();
     s->set_name(m->spec().name);

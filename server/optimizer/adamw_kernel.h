@@ -53,6 +53,11 @@ struct AdamWKernelArgs {
   void* param_out;
   GradType grad_type;
   ParamOutType param_out_type;
+  // Write p_out with non-temporal stores where aligned (SIMD paths): it is
+  // write-only here, so streaming skips the read-for-ownership and keeps a
+  // large copy from evicting the state. Only worth it when the output is
+  // far bigger than the caches; AdamW::Apply decides.
+  bool stream_param_out;
 };
 
 using AdamWKernelFn = void (*)(const AdamWKernelArgs& args,

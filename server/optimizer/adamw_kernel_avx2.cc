@@ -36,9 +36,12 @@ struct Avx2 {
   }
   static Vec LoadHalf(const uint16_t* p) { return _mm256_cvtph_ps(Load16(p)); }
 
+  static void Stream(float* p, Vec v) { _mm256_stream_ps(p, v); }
+  static void Fence() { _mm_sfence(); }
+
   // Same rounding as the AVX-512 and scalar paths (round to nearest even,
   // NaN stays NaN).
-  static void StoreBf16(uint16_t* p, Vec v) {
+  static __m128i ToBf16(Vec v) {
     const __m256i x = _mm256_castps_si256(v);
     const __m256i hi = _mm256_srli_epi32(x, 16);
     const __m256i lsb = _mm256_and_si256(hi, _mm256_set1_epi32(1));
@@ -49,9 +52,14 @@ struct Avx2 {
     const __m256i quiet = _mm256_or_si256(hi, _mm256_set1_epi32(0x40));
     const __m256i r = _mm256_blendv_epi8(rounded, quiet, nan);
     // Every lane is <= 0xffff, so the saturating pack is exact.
-    const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r),
-                                            _mm256_extracti128_si256(r, 1));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+    return _mm_packus_epi32(_mm256_castsi256_si128(r),
+                            _mm256_extracti128_si256(r, 1));
+  }
+  static void StoreHalf(uint16_t* p, __m128i h) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h);
+  }
+  static void StreamHalf(uint16_t* p, __m128i h) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(p), h);
   }
 };
 

@@ -37,9 +37,12 @@ struct Avx512 {
   }
   static Vec LoadHalf(const uint16_t* p) { return _mm512_cvtph_ps(Load16(p)); }
 
+  static void Stream(float* p, Vec v) { _mm512_stream_ps(p, v); }
+  static void Fence() { _mm_sfence(); }
+
   // Round to nearest even on the bit pattern; NaN lanes are truncated with
   // the quiet bit set so the carry cannot turn them into infinity.
-  static void StoreBf16(uint16_t* p, Vec v) {
+  static __m256i ToBf16(Vec v) {
     const __m512i x = _mm512_castps_si512(v);
     const __m512i hi = _mm512_srli_epi32(x, 16);
     const __m512i lsb = _mm512_and_si512(hi, _mm512_set1_epi32(1));
@@ -49,8 +52,13 @@ struct Avx512 {
     const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
     const __m512i r =
         _mm512_mask_or_epi32(rounded, nan, hi, _mm512_set1_epi32(0x40));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
-                        _mm512_cvtepi32_epi16(r));
+    return _mm512_cvtepi32_epi16(r);
+  }
+  static void StoreHalf(uint16_t* p, __m256i h) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);
+  }
+  static void StreamHalf(uint16_t* p, __m256i h) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), h);
   }
 };
 

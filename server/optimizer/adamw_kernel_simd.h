@@ -42,6 +42,7 @@ struct SimdAdamW {
   }
 
   // One vector of elements starting at index i of every stream.
+  template <bool kStream>
   static void Block(const Consts& k, const GradT* grad, float* param,
                     float* exp_avg, float* exp_avg_sq, OutT* out, int64_t i) {
     const Vec g = V::Mul(LoadGrad(grad + i), k.mult);
@@ -57,10 +58,35 @@ struct SimdAdamW {
     V::Store(exp_avg + i, m);
     V::Store(exp_avg_sq + i, v);
     if constexpr (kOut == ParamOutType::kFloat32) {
-      V::Store(out + i, p_new);
+      if constexpr (kStream) {
+        V::Stream(out + i, p_new);
+      } else {
+        V::Store(out + i, p_new);
+      }
     } else if constexpr (kOut == ParamOutType::kBFloat16) {
-      V::StoreBf16(out + i, p_new);
+      if constexpr (kStream) {
+        V::StreamHalf(out + i, V::ToBf16(p_new));
+      } else {
+        V::StoreHalf(out + i, V::ToBf16(p_new));
+      }
     }
+  }
+
+  template <bool kStream>
+  static int64_t Loop(const Consts& k, const GradT* grad,
+                      const AdamWKernelArgs& a, OutT* out, int64_t begin,
+                      int64_t end) {
+    int64_t i = begin;
+    // Two independent vectors per iteration keep more loads in flight.
+    for (; i + 2 * kWidth <= end; i += 2 * kWidth) {
+      Block<kStream>(k, grad, a.param, a.exp_avg, a.exp_avg_sq, out, i);
+      Block<kStream>(k, grad, a.param, a.exp_avg, a.exp_avg_sq, out,
+                     i + kWidth);
+    }
+    for (; i + kWidth <= end; i += kWidth) {
+      Block<kStream>(k, grad, a.param, a.exp_avg, a.exp_avg_sq, out, i);
+    }
+    return i;
   }
 
   static void Run(const AdamWKernelArgs& a, const AdamWConstants& c,
@@ -74,14 +100,17 @@ struct SimdAdamW {
                       V::Set1(c.eps)};
     const auto* grad = static_cast<const GradT*>(a.grad);
     auto* out = static_cast<OutT*>(a.param_out);
-    int64_t i = begin;
-    // Two independent vectors per iteration keep more loads in flight.
-    for (; i + 2 * kWidth <= end; i += 2 * kWidth) {
-      Block(k, grad, a.param, a.exp_avg, a.exp_avg_sq, out, i);
-      Block(k, grad, a.param, a.exp_avg, a.exp_avg_sq, out, i + kWidth);
-    }
-    for (; i + kWidth <= end; i += kWidth) {
-      Block(k, grad, a.param, a.exp_avg, a.exp_avg_sq, out, i);
+    // Streaming stores need the vector-sized alignment the layout gives.
+    constexpr uintptr_t kOutVecBytes = kWidth * sizeof(OutT);
+    int64_t i;
+    if (kOut != ParamOutType::kNone && a.stream_param_out &&
+        reinterpret_cast<uintptr_t>(out + begin) % kOutVecBytes == 0) {
+      i = Loop<true>(k, grad, a, out, begin, end);
+      // Streaming stores are weakly ordered: fence before the pool's
+      // release publishes this piece to other threads.
+      V::Fence();
+    } else {
+      i = Loop<false>(k, grad, a, out, begin, end);
     }
     if (i < end) Tail(k, grad, a, out, i, static_cast<int>(end - i));
   }
@@ -101,7 +130,7 @@ struct SimdAdamW {
       m[j] = a.exp_avg[i + j];
       v[j] = a.exp_avg_sq[i + j];
     }
-    Block(k, g, p, m, v, o, 0);
+    Block<false>(k, g, p, m, v, o, 0);
     for (int j = 0; j < n; ++j) {
       a.param[i + j] = p[j];
       a.exp_avg[i + j] = m[j];

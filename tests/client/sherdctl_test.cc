@@ -79,7 +79,7 @@ TEST_F(SherdctlTest, JsonOutput) {
   RegisterAndStep();
   auto r = Ctl({"--json", "status"});
   EXPECT_EQ(r.code, 0);
-  EXPECT_NE(r.out.find("\"last_step\": \"1\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"last_step\":\"1\""), std::string::npos) << r.out;
   r = Ctl({"--json", "inspect", "layer.bias", "--state", "exp_avg_sq"});
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("\"count\": \"8\""), std::string::npos) << r.out;

@@ -1,9 +1,12 @@
 // AdamW edge cases: memory outside the segments is never touched, degenerate
 // input, non-finite values, bf16 rounding of special values, the constants.
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -80,6 +83,63 @@ TEST(AdamWEdge, LeavesElementsOutsideSegmentsUntouched) {
         }
         EXPECT_EQ(touched, 0);
         EXPECT_EQ(bad_inside, 0);
+      }
+    }
+  }
+}
+
+// Large applies write p_out with streaming stores when it is aligned (see
+// adamw.cc); split into small applies they use plain stores. Both must give
+// the same bits, aligned or not.
+TEST(AdamWEdge, StreamedParamOutMatchesPlainStores) {
+  constexpr int64_t kN = (int64_t{1} << 20) + 3 * 1024 + 37;
+  std::vector<float> g(kN), p0(kN);
+  for (int64_t i = 0; i < kN; ++i) {
+    g[i] = 1e-3f * static_cast<float>(i % 997 + 1) * (i % 2 ? 1.0f : -1.0f);
+    p0[i] = 0.5f + 1e-4f * static_cast<float>(i % 1013);
+  }
+  const AdamWSegment whole[] = {{0, kN - 40, {}}, {kN - 37, kN, {}}};
+  for (Isa isa : kAllIsas) {
+    if (!IsaSupported(isa)) continue;
+    for (ParamOutType type :
+         {ParamOutType::kFloat32, ParamOutType::kBFloat16}) {
+      for (int misalign : {0, 1}) {
+        SCOPED_TRACE(std::string(IsaName(isa)) + " misalign " +
+                     std::to_string(misalign));
+        const size_t width = type == ParamOutType::kFloat32 ? 4 : 2;
+        struct Run {
+          std::vector<float> p, m, v;
+          std::vector<char> storage;
+          char* out;  // 64-byte aligned, then offset by `misalign` elements
+        };
+        Run big{p0, std::vector<float>(kN), std::vector<float>(kN),
+                std::vector<char>((kN + 64) * width), nullptr};
+        Run small = big;
+        for (Run* r : {&big, &small}) {
+          char* base = r->storage.data();
+          r->out = base + (64 - reinterpret_cast<uintptr_t>(base) % 64) % 64 +
+                   misalign * width;
+        }
+        AdamW opt(2, isa);
+        for (int64_t t = 1; t <= 2; ++t) {
+          for (Run* r : {&big, &small}) {
+            AdamWBuffers buf{g.data(),    r->p.data(), r->m.data(),
+                             r->v.data(), r->out,      GradType::kFloat32,
+                             type};
+            if (r == &big) {
+              opt.Apply(buf, whole, t, 1.0f);
+            } else {
+              for (const AdamWSegment& s : whole) {
+                for (int64_t b = s.begin; b < s.end; b += 100000) {
+                  const AdamWSegment part{b, std::min(b + 100000, s.end), {}};
+                  opt.Apply(buf, {&part, 1}, t, 1.0f);
+                }
+              }
+            }
+          }
+        }
+        EXPECT_TRUE(big.p == small.p && big.m == small.m && big.v == small.v);
+        EXPECT_EQ(std::memcmp(big.out, small.out, kN * width), 0);
       }
     }
   }

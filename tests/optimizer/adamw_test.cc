@@ -8,6 +8,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <ostream>
 #include <string>
 #include <tuple>
 
@@ -17,6 +18,18 @@
 #include "tests/optimizer/adamw_test_util.h"
 
 namespace sherd {
+
+// Readable parameter values in test names and failure messages.
+void PrintTo(Isa isa, std::ostream* os) { *os << IsaName(isa); }
+void PrintTo(GradType t, std::ostream* os) {
+  static constexpr const char* kNames[] = {"f32", "bf16", "f16"};
+  *os << "grad " << kNames[static_cast<int>(t)];
+}
+void PrintTo(ParamOutType t, std::ostream* os) {
+  static constexpr const char* kNames[] = {"none", "f32", "bf16"};
+  *os << "p_out " << kNames[static_cast<int>(t)];
+}
+
 namespace {
 
 using testing::AdamWReference;

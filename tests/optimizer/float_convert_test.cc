@@ -10,6 +10,7 @@
 #include "tests/optimizer/adamw_test_util.h"
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -40,7 +41,10 @@ TEST(FloatConvert, HalfToFloatIsExactForEveryPattern) {
 
 TEST(FloatConvert, HalfToFloatMatchesF16cBitForBit) {
 #if defined(__x86_64__)
-  if (!__builtin_cpu_supports("f16c")) GTEST_SKIP() << "no F16C on this CPU";
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || (ecx & bit_F16C) == 0) {
+    GTEST_SKIP() << "no F16C on this CPU";
+  }
   int mismatches = 0;
   for (uint32_t h = 0; h <= 0xffff; ++h) {
     const uint16_t x = static_cast<uint16_t>(h);

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -152,6 +153,32 @@ absl::StatusOr<ServerProcess> ServerProcess::Start(std::vector<std::string> flag
 absl::StatusOr<int> ServerProcess::Stop() {
   process_.Signal(SIGTERM);
   return process_.Wait(absl::Seconds(30));
+}
+
+absl::StatusOr<ClusterProcess> ClusterProcess::Start(int world_size,
+                                                     std::vector<std::string> flags) {
+  ClusterProcess c;
+  for (int r = 0; r < world_size; ++r) {
+    std::vector<std::string> f = flags;
+    f.insert(f.end(), {"--rank", std::to_string(r), "--world-size",
+                       std::to_string(world_size)});
+    if (r > 0) f.insert(f.end(), {"--coordinator", c.servers_[0].address()});
+    auto s = ServerProcess::Start(f);
+    if (!s.ok()) return s.status();
+    c.servers_.push_back(std::move(*s));
+  }
+  return c;
+}
+
+bool ClusterProcess::Stop() {
+  bool ok = true;
+  for (auto& s : servers_) s.process().Signal(SIGTERM);
+  for (auto& s : servers_) {
+    if (s.process().pid() <= 0) continue;
+    auto code = s.process().Wait(absl::Seconds(30));
+    ok = ok && code.ok() && *code == 0;
+  }
+  return ok;
 }
 
 }  // namespace sherd::testing

@@ -64,4 +64,19 @@ class ServerProcess {
   std::string address_;
 };
 
+// W sherd-servers forming one cluster on loopback: rank 0 first (port 0),
+// then the others pointed at it.
+class ClusterProcess {
+ public:
+  static absl::StatusOr<ClusterProcess> Start(int world_size,
+                                              std::vector<std::string> flags = {});
+  std::vector<ServerProcess>& servers() { return servers_; }
+  const std::string& address(int rank) const { return servers_[rank].address(); }
+  // SIGTERM every server still running; returns false if one exited non-zero.
+  bool Stop();
+
+ private:
+  std::vector<ServerProcess> servers_;
+};
+
 }  // namespace sherd::testing
