@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <numeric>
 
 #include "client/client.h"
@@ -128,9 +129,18 @@ int Run(const Flags& f) {
   double tail = std::accumulate(losses.end() - k, losses.end(), 0.0) / k;
   double head = std::accumulate(losses.begin(), losses.begin() + k, 0.0) / k;
   int ok = mlp.Evaluate(p, xe, ye);
+  // A fingerprint of the final params, to compare runs bit for bit.
+  uint64_t fnv = 1469598103934665603ull;
+  for (float v : c.params()) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    for (int b = 0; b < 4; ++b) fnv = (fnv ^ ((bits >> (8 * b)) & 0xff)) * 1099511628211ull;
+  }
+  std::printf("rank %d params fnv1a64 %016llx\n", rank, static_cast<unsigned long long>(fnv));
   std::printf("rank %d final: loss %.4f -> %.4f (mean of first/last %zu steps), held-out accuracy %.1f%% (chance %.0f%%), mean step %.1f ms\n",
               rank, head, tail, k, 100.0 * ok / f.eval_size, 100 * chance, sum_ms / counted);
-  return tail < head ? 0 : 3;
+  // Exit 3 if the loss did not fall over a run long enough to tell.
+  return losses.size() < 2 * k || tail < head ? 0 : 3;
 }
 
 }  // namespace

@@ -1,0 +1,143 @@
+// Faults with real processes: a shard server killed mid-training, a trainer
+// killed and restarted. Nothing here sleeps to wait: tests wait on lines a
+// process prints, on calls returning, or on exit.
+#include <gtest/gtest.h>
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+
+#include <thread>
+
+#include "client/client.h"
+#include "sherd/v1/admin.grpc.pb.h"
+#include "tests/testing/process.h"
+
+namespace sherd {
+namespace {
+
+using testing::ClusterProcess;
+using testing::Process;
+
+ModelDef Model() { return ModelDef{.name = "f", .tensors = {{"w", {1000}, ""}}}; }
+
+std::vector<float> Master(const std::string& address) {
+  auto stub = v1::Admin::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  v1::InspectRequest req;
+  req.set_name("w");
+  req.set_state(v1::STATE_PARAM);
+  req.set_values(true);
+  req.set_max_values(1000);
+  v1::InspectResponse r;
+  EXPECT_TRUE(stub->Inspect(&ctx, req, &r).ok());
+  return {r.values().begin(), r.values().end()};
+}
+
+TEST(Faults, LostPeerFailsTheStepOnSurvivorsWithoutHangingOrHalfApplying) {
+  const int kWorld = 3;
+  auto cluster = ClusterProcess::Start(kWorld, {"--collective-timeout", "2"});
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  std::vector<std::unique_ptr<Client>> clients(kWorld);
+  auto run_all = [&](auto fn) {
+    std::vector<std::thread> ts;
+    for (int r = 0; r < kWorld; ++r) ts.emplace_back([&, r] { fn(r); });
+    for (auto& t : ts) t.join();
+  };
+  run_all([&](int r) {
+    ClientOptions o;
+    o.max_retries = 1;
+    auto c = Client::Connect(cluster->address(r), o);
+    ASSERT_TRUE(c.ok());
+    clients[r] = std::move(*c);
+    ASSERT_TRUE(clients[r]->Register(Model()).ok());
+    for (float& x : clients[r]->Param("w")) x = 1.0f;
+    ASSERT_TRUE(clients[r]->InitParams().ok());
+    for (int s = 0; s < 2; ++s) {
+      for (float& g : clients[r]->Grad("w")) g = 0.1f * (r + 1);
+      ASSERT_TRUE(clients[r]->Step({.lr = 0.01f}).ok());
+    }
+  });
+  ASSERT_FALSE(HasFailure());
+  std::vector<float> before0 = Master(cluster->address(0));
+  std::vector<float> before1 = Master(cluster->address(1));
+
+  // Rank 2's server dies; the survivors' trainers step on.
+  cluster->servers()[2].process().Signal(SIGKILL);
+  ASSERT_TRUE(cluster->servers()[2].process().Wait(absl::Seconds(10)).ok());
+  std::vector<absl::Status> results(2);
+  std::vector<std::thread> ts;
+  for (int r = 0; r < 2; ++r) {
+    ts.emplace_back([&, r] { results[r] = clients[r]->Step({.lr = 0.01f}).status(); });
+  }
+  for (auto& t : ts) t.join();
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(results[r].code(), absl::StatusCode::kUnavailable) << r << ": " << results[r];
+  }
+  // Nothing applied on the survivors.
+  EXPECT_EQ(Master(cluster->address(0)), before0);
+  EXPECT_EQ(Master(cluster->address(1)), before1);
+
+  // sherdctl from a survivor: survivors NOT_SERVING, rank 2 unreachable.
+  auto st = testing::RunProgram({SHERDCTL_BIN, "--server", cluster->address(0),
+                                 "--timeout", "2", "status"});
+  EXPECT_EQ(st.code, 0);
+  EXPECT_NE(st.out.find("NOT_SERVING"), std::string::npos) << st.out;
+  EXPECT_NE(st.out.find("UNREACHABLE"), std::string::npos) << st.out;
+  EXPECT_NE(st.out.find("3 of 3 ranks not serving"), std::string::npos) << st.out;
+  // The survivors still stop cleanly.
+  for (int r = 0; r < 2; ++r) {
+    auto code = cluster->servers()[r].Stop();
+    ASSERT_TRUE(code.ok());
+    EXPECT_EQ(*code, 0);
+  }
+}
+
+// Runs train_mlp on every rank of a fresh W=2 cluster; if kill_at > 0, the
+// rank-1 trainer is SIGKILLed once it has printed step kill_at, and started
+// again. Returns each rank's params fingerprint line.
+std::vector<std::string> TrainMlp(int kill_at) {
+  std::vector<std::string> prints;
+  auto cluster = ClusterProcess::Start(2, {"--collective-timeout", "60"});
+  EXPECT_TRUE(cluster.ok()) << cluster.status();
+  if (!cluster.ok()) return prints;
+  auto trainer = [&](int r) {
+    return Process::Start({TRAIN_MLP_BIN, "--server", cluster->address(r), "--steps", "30",
+                           "--hidden", "64", "--batch", "32", "--log-every", "1"},
+                          {"OPENBLAS_NUM_THREADS=1"});
+  };
+  std::vector<Process> trainers;
+  for (int r = 0; r < 2; ++r) trainers.push_back(std::move(*trainer(r)));
+  if (kill_at > 0) {
+    auto line = trainers[1].WaitForLine("rank 1 step   " + std::to_string(kill_at),
+                                        absl::Seconds(60));
+    EXPECT_TRUE(line.ok()) << line.status();
+    trainers[1].Signal(SIGKILL);
+    EXPECT_TRUE(trainers[1].Wait(absl::Seconds(10)).ok());
+    trainers[1] = std::move(*trainer(1));
+    auto again = trainers[1].WaitForLine("re-attached", absl::Seconds(60));
+    EXPECT_TRUE(again.ok()) << again.status();
+  }
+  for (int r = 0; r < 2; ++r) {
+    auto fp = trainers[r].WaitForLine("params fnv1a64", absl::Seconds(120));
+    EXPECT_TRUE(fp.ok()) << fp.status();
+    prints.push_back(fp.ok() ? *fp : "");
+    auto code = trainers[r].Wait(absl::Seconds(30));
+    EXPECT_TRUE(code.ok());
+    EXPECT_EQ(*code, 0) << trainers[r].output();
+  }
+  EXPECT_TRUE(cluster->Stop());
+  return prints;
+}
+
+TEST(Faults, TrainerKilledAndRestartedContinuesIdentically) {
+  std::vector<std::string> uninterrupted = TrainMlp(0);
+  std::vector<std::string> restarted = TrainMlp(12);
+  ASSERT_EQ(uninterrupted.size(), 2u);
+  ASSERT_EQ(restarted.size(), 2u);
+  EXPECT_EQ(uninterrupted, restarted);
+  EXPECT_NE(uninterrupted[0], "");
+  // Both ranks hold the same params.
+  EXPECT_EQ(uninterrupted[0].substr(6), uninterrupted[1].substr(6));
+}
+
+}  // namespace
+}  // namespace sherd
