@@ -175,6 +175,10 @@ Isa AdamW::isa() const { return impl_->isa; }
 
 int AdamW::threads() const { return impl_->pool.size(); }
 
+void AdamW::ParallelFor(absl::FunctionRef<void(int worker)> fn) {
+  impl_->pool.Run(fn);
+}
+
 void AdamW::Apply(const AdamWBuffers& buf,
                   std::span<const AdamWSegment> segments, int64_t step,
                   float grad_multiplier) {
@@ -188,7 +192,10 @@ void AdamW::Apply(const AdamWBuffers& buf,
              has_out ? buf.param_out : nullptr,
              buf.grad_type,
              has_out ? buf.param_out_type : ParamOutType::kNone,
-             /*stream_param_out=*/false};
+             /*stream_param_out=*/false,
+             buf.param_dst ? buf.param_dst : buf.param,
+             buf.exp_avg_dst ? buf.exp_avg_dst : buf.exp_avg,
+             buf.exp_avg_sq_dst ? buf.exp_avg_sq_dst : buf.exp_avg_sq};
   im.segments = segments;
   im.constants.resize(segments.size());
   im.pieces_end.resize(segments.size());

@@ -52,6 +52,8 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
+
 namespace sherd {
 
 struct AdamWHyper {
@@ -81,6 +83,13 @@ struct AdamWBuffers {
   void* param_out = nullptr;   // ParamOutType elements, or nullptr
   GradType grad_type = GradType::kFloat32;
   ParamOutType param_out_type = ParamOutType::kNone;
+  // Out-of-place update: when set, the new param / moments go here and the
+  // inputs above are only read (the step pipeline stages a multi-rank step
+  // this way, so a failed all-gather leaves the state untouched). Each may
+  // alias its own input or the gradient element for element.
+  float* param_dst = nullptr;
+  float* exp_avg_dst = nullptr;
+  float* exp_avg_sq_dst = nullptr;
 };
 
 // Which instruction-set path runs the kernel.
@@ -108,6 +117,12 @@ class AdamW {
   // contract (the layout computes them); Apply() does not check them.
   void Apply(const AdamWBuffers& buf, std::span<const AdamWSegment> segments,
              int64_t step, float grad_multiplier);
+
+  // Runs fn(worker) for worker in [0, threads()) on the optimizer's pool
+  // (worker 0 on the calling thread), for the step's other passes over the
+  // slice (the gradient norm) so they use the same cores without a second
+  // pool. Same threading rules as Apply().
+  void ParallelFor(absl::FunctionRef<void(int worker)> fn);
 
  private:
   struct Impl;

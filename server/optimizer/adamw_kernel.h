@@ -47,9 +47,9 @@ AdamWConstants MakeAdamWConstants(const AdamWHyper& hyper, int64_t step,
 // null the type is kNone.
 struct AdamWKernelArgs {
   const void* grad;
-  float* param;
-  float* exp_avg;
-  float* exp_avg_sq;
+  const float* param;
+  const float* exp_avg;
+  const float* exp_avg_sq;
   void* param_out;
   GradType grad_type;
   ParamOutType param_out_type;
@@ -58,6 +58,13 @@ struct AdamWKernelArgs {
   // large copy from evicting the state. Only worth it when the output is
   // far bigger than the caches; AdamW::Apply decides.
   bool stream_param_out;
+  // Where the new state goes: the inputs themselves (in place) unless the
+  // caller asked for separate destinations. A destination may alias its own
+  // input or the gradient element for element (each element is read before
+  // it is written), never a shifted range.
+  float* param_dst;
+  float* exp_avg_dst;
+  float* exp_avg_sq_dst;
 };
 
 using AdamWKernelFn = void (*)(const AdamWKernelArgs& args,

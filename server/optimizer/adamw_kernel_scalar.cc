@@ -35,18 +35,17 @@ void StoreOut(void* out, int64_t i, float p) {
 template <GradType kGrad, ParamOutType kOut>
 void Run(const AdamWKernelArgs& a, const AdamWConstants& c, int64_t begin,
          int64_t end) {
-  float* __restrict param = a.param;
-  float* __restrict exp_avg = a.exp_avg;
-  float* __restrict exp_avg_sq = a.exp_avg_sq;
+  // No __restrict: destinations may alias the inputs (in place).
   for (int64_t i = begin; i < end; ++i) {
     const float g = LoadGrad<kGrad>(a.grad, i) * c.grad_multiplier;
-    const float m = exp_avg[i] + c.one_minus_beta1 * (g - exp_avg[i]);
-    const float v = exp_avg_sq[i] + c.one_minus_beta2 * (g * g - exp_avg_sq[i]);
+    const float p0 = a.param[i], m0 = a.exp_avg[i], v0 = a.exp_avg_sq[i];
+    const float m = m0 + c.one_minus_beta1 * (g - m0);
+    const float v = v0 + c.one_minus_beta2 * (g * g - v0);
     const float denom = std::sqrt(v) * c.inv_sqrt_bc2 + c.eps;
-    const float p = param[i] - (c.lr_wd * param[i] + c.step_size * (m / denom));
-    param[i] = p;
-    exp_avg[i] = m;
-    exp_avg_sq[i] = v;
+    const float p = p0 - (c.lr_wd * p0 + c.step_size * (m / denom));
+    a.param_dst[i] = p;
+    a.exp_avg_dst[i] = m;
+    a.exp_avg_sq_dst[i] = v;
     StoreOut<kOut>(a.param_out, i, p);
   }
 }

@@ -43,8 +43,10 @@ struct SimdAdamW {
 
   // One vector of elements starting at index i of every stream.
   template <bool kStream>
-  static void Block(const Consts& k, const GradT* grad, float* param,
-                    float* exp_avg, float* exp_avg_sq, OutT* out, int64_t i) {
+  static void Block(const Consts& k, const GradT* grad, const float* param,
+                    const float* exp_avg, const float* exp_avg_sq,
+                    float* param_dst, float* exp_avg_dst, float* exp_avg_sq_dst,
+                    OutT* out, int64_t i) {
     const Vec g = V::Mul(LoadGrad(grad + i), k.mult);
     const Vec p = V::Load(param + i);
     const Vec m0 = V::Load(exp_avg + i);
@@ -54,9 +56,9 @@ struct SimdAdamW {
     const Vec denom = V::Fmadd(V::Sqrt(v), k.inv_sqrt_bc2, k.eps);
     const Vec delta = V::Fmadd(k.lr_wd, p, V::Mul(k.step, V::Div(m, denom)));
     const Vec p_new = V::Sub(p, delta);
-    V::Store(param + i, p_new);
-    V::Store(exp_avg + i, m);
-    V::Store(exp_avg_sq + i, v);
+    V::Store(param_dst + i, p_new);
+    V::Store(exp_avg_dst + i, m);
+    V::Store(exp_avg_sq_dst + i, v);
     if constexpr (kOut == ParamOutType::kFloat32) {
       if constexpr (kStream) {
         V::Stream(out + i, p_new);
@@ -79,12 +81,14 @@ struct SimdAdamW {
     int64_t i = begin;
     // Two independent vectors per iteration keep more loads in flight.
     for (; i + 2 * kWidth <= end; i += 2 * kWidth) {
-      Block<kStream>(k, grad, a.param, a.exp_avg, a.exp_avg_sq, out, i);
-      Block<kStream>(k, grad, a.param, a.exp_avg, a.exp_avg_sq, out,
-                     i + kWidth);
+      Block<kStream>(k, grad, a.param, a.exp_avg, a.exp_avg_sq, a.param_dst,
+                     a.exp_avg_dst, a.exp_avg_sq_dst, out, i);
+      Block<kStream>(k, grad, a.param, a.exp_avg, a.exp_avg_sq, a.param_dst,
+                     a.exp_avg_dst, a.exp_avg_sq_dst, out, i + kWidth);
     }
     for (; i + kWidth <= end; i += kWidth) {
-      Block<kStream>(k, grad, a.param, a.exp_avg, a.exp_avg_sq, out, i);
+      Block<kStream>(k, grad, a.param, a.exp_avg, a.exp_avg_sq, a.param_dst,
+                     a.exp_avg_dst, a.exp_avg_sq_dst, out, i);
     }
     return i;
   }
@@ -130,11 +134,11 @@ struct SimdAdamW {
       m[j] = a.exp_avg[i + j];
       v[j] = a.exp_avg_sq[i + j];
     }
-    Block<false>(k, g, p, m, v, o, 0);
+    Block<false>(k, g, p, m, v, p, m, v, o, 0);
     for (int j = 0; j < n; ++j) {
-      a.param[i + j] = p[j];
-      a.exp_avg[i + j] = m[j];
-      a.exp_avg_sq[i + j] = v[j];
+      a.param_dst[i + j] = p[j];
+      a.exp_avg_dst[i + j] = m[j];
+      a.exp_avg_sq_dst[i + j] = v[j];
       if constexpr (kOut != ParamOutType::kNone) out[i + j] = o[j];
     }
   }

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -49,7 +50,23 @@ absl::StatusOr<StepOutcome> RunStep(ModelState& model, Collective& collective,
 
   // 2. Global norm and non-finite check, from all-reduced scalars.
   t = Clock::now();
-  GradSummary local = SummarizeGrads(model.owned_grads(), slice);
+  GradSummary local;
+  {
+    const int workers = optimizer.threads();
+    std::vector<GradSummary> parts(workers);
+    const float* g = model.owned_grads();
+    optimizer.ParallelFor([&](int w) {
+      // Pieces aligned to 64 bytes so no two workers share a cache line.
+      const int64_t per = (slice / workers + 15) / 16 * 16;
+      const int64_t b = std::min(slice, w * per);
+      const int64_t e = w + 1 == workers ? slice : std::min(slice, b + per);
+      parts[w] = SummarizeGrads(g + b, e - b);
+    });
+    for (const GradSummary& p : parts) {
+      local.sum_sq += p.sum_sq;
+      local.non_finite += p.non_finite;
+    }
+  }
   double sums[2] = {local.sum_sq, static_cast<double>(local.non_finite)};
   RETURN_IF_ERROR(collective.AllReduce(sums));
   // The reduced gradient is the sum over ranks; the mean divides by world.
@@ -75,17 +92,49 @@ absl::StatusOr<StepOutcome> RunStep(ModelState& model, Collective& collective,
   buf.param = model.master();
   buf.exp_avg = model.exp_avg();
   buf.exp_avg_sq = model.exp_avg_sq();
-  buf.param_out = model.owned_params();
-  buf.param_out_type = ParamOutType::kFloat32;
   std::vector<AdamWSegment> segs = model.Segments(args.lr);
-  optimizer.Apply(buf, segs, args.adam_step,
-                  static_cast<float>(to_mean * out.clip_coef));
+  const float multiplier = static_cast<float>(to_mean * out.clip_coef);
+  if (world == 1) {
+    // Nothing can fail after this point: update in place.
+    buf.param_out = model.owned_params();
+    buf.param_out_type = ParamOutType::kFloat32;
+    optimizer.Apply(buf, segs, args.adam_step, multiplier);
+    out.optimizer_ms = MsSince(t);
+    out.applied = true;
+    out.total_ms = MsSince(t_start);
+    return out;
+  }
+  // More ranks: the all-gather can still fail (a peer dies), and a step must
+  // then leave the state as it was. So the new state is staged in buffers
+  // the step owns anyway and committed only after the all-gather:
+  //   new p -> the owned slice of P (what the all-gather sends),
+  //   new m -> the owned slice of G (over the gradient, element for element),
+  //   new v -> a non-owned slice of G (free after the reduce-scatter).
+  float* stage_v = model.grads() + (model.rank() == 0 ? slice : 0);
+  buf.param_dst = model.owned_params();
+  buf.exp_avg_dst = model.owned_grads();
+  buf.exp_avg_sq_dst = stage_v;
+  optimizer.Apply(buf, segs, args.adam_step, multiplier);
   out.optimizer_ms = MsSince(t);
 
   // 5. All-gather the updated params.
   t = Clock::now();
   RETURN_IF_ERROR(collective.AllGather(model.params(), slice));
   out.all_gather_ms = MsSince(t);
+
+  // Commit: copy the staged state into place.
+  t = Clock::now();
+  const int workers = optimizer.threads();
+  optimizer.ParallelFor([&](int w) {
+    const int64_t per = (slice / workers + 15) / 16 * 16;
+    const int64_t b = std::min(slice, w * per);
+    const int64_t e = w + 1 == workers ? slice : std::min(slice, b + per);
+    const size_t bytes = (e - b) * sizeof(float);
+    std::memcpy(model.master() + b, model.owned_params() + b, bytes);
+    std::memcpy(model.exp_avg() + b, model.owned_grads() + b, bytes);
+    std::memcpy(model.exp_avg_sq() + b, stage_v + b, bytes);
+  });
+  out.optimizer_ms += MsSince(t);
   out.applied = true;
   out.total_ms = MsSince(t_start);
   return out;

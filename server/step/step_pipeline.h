@@ -12,7 +12,9 @@
 //   forward reads P  <------     StepOutcome
 //
 // Every rank takes the same skip decision because it is made from all-reduced
-// values. The pipeline holds no state of its own; the caller serializes
+// values. With more than one rank, steps 3-4 write the new state to staging
+// (P's and G's own buffers) and commit it only after step 5 succeeds, so a
+// peer lost at any point leaves every survivor's state as it was. The pipeline holds no state of its own; the caller serializes
 // steps on one model.
 #pragma once
 
