@@ -10,7 +10,8 @@ int64_t ModelState::SharedBytes(const Layout& layout) {
 }
 
 int64_t ModelState::PrivateBytes(const Layout& layout) {
-  return 3 * layout.slice_size() * static_cast<int64_t>(sizeof(float));
+  const int64_t buffers = layout.world_size() > 1 ? 5 : 3;
+  return buffers * layout.slice_size() * static_cast<int64_t>(sizeof(float));
 }
 
 absl::StatusOr<std::unique_ptr<ModelState>> ModelState::Create(
@@ -24,8 +25,12 @@ absl::StatusOr<std::unique_ptr<ModelState>> ModelState::Create(
                    ShmRegion::Create(shm_prefix + ".params", bytes));
   ASSIGN_OR_RETURN(m->grads_, ShmRegion::Create(shm_prefix + ".grads", bytes));
   const int64_t slice = m->layout_.slice_size();
-  if (!m->master_.Allocate(slice) || !m->exp_avg_.Allocate(slice) ||
-      !m->exp_avg_sq_.Allocate(slice)) {
+  const int sets = m->layout_.world_size() > 1 ? 2 : 1;
+  bool ok = m->master_.Allocate(slice);
+  for (int i = 0; i < sets; ++i) {
+    ok = ok && m->exp_avg_[i].Allocate(slice) && m->exp_avg_sq_[i].Allocate(slice);
+  }
+  if (!ok) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot allocate ", PrivateBytes(m->layout_),
                      " bytes of optimizer state"));

@@ -4,7 +4,10 @@
 // fp32) in POSIX shared memory, and the server-private state of the owned
 // slice: the fp32 master params and the two Adam moments. The gradient of
 // the owned slice lives in G itself (the reduce-scatter is in place), so the
-// state per server is 12 B x slice + the shared buffers.
+// state per server is 12 B x slice + the shared buffers. With more than one
+// rank the moments are double-buffered (+8 B x slice): a step writes the
+// next moments beside the current ones and flips only once every collective
+// has succeeded, so a lost peer never leaves a half-applied step.
 //
 // Threads: the layout, groups and buffer addresses are immutable after
 // Create(); the values are written only by the step pipeline, under the
@@ -45,7 +48,7 @@ class ModelState {
   // Bytes Create() would hold for this layout on one rank: shared buffers
   // plus private state.
   static int64_t SharedBytes(const Layout& layout);
-  static int64_t PrivateBytes(const Layout& layout);
+  static int64_t PrivateBytes(const Layout& layout);  // for this world size
 
   // shm_prefix names the shared objects: <prefix>.params / <prefix>.grads.
   static absl::StatusOr<std::unique_ptr<ModelState>> Create(
@@ -63,8 +66,13 @@ class ModelState {
 
   // Owned slice, indexed from the slice start.
   float* master() const { return master_.data(); }
-  float* exp_avg() const { return exp_avg_.data(); }
-  float* exp_avg_sq() const { return exp_avg_sq_.data(); }
+  float* exp_avg() const { return exp_avg_[current_].data(); }
+  float* exp_avg_sq() const { return exp_avg_sq_[current_].data(); }
+  // The staging moments of a multi-rank step (null with one rank), and the
+  // commit that makes them current.
+  float* next_exp_avg() const { return exp_avg_[1 - current_].data(); }
+  float* next_exp_avg_sq() const { return exp_avg_sq_[1 - current_].data(); }
+  void FlipMoments() { current_ = 1 - current_; }
   float* owned_grads() const { return grads() + owned().begin; }
   float* owned_params() const { return params() + owned().begin; }
 
@@ -80,8 +88,9 @@ class ModelState {
   ShmRegion params_;
   ShmRegion grads_;
   AlignedFloats master_;
-  AlignedFloats exp_avg_;
-  AlignedFloats exp_avg_sq_;
+  AlignedFloats exp_avg_[2];
+  AlignedFloats exp_avg_sq_[2];
+  int current_ = 0;  // written by the step pipeline under the step mutex
   std::vector<GroupRun> runs_;
 };
 

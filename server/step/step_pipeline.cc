@@ -105,15 +105,14 @@ absl::StatusOr<StepOutcome> RunStep(ModelState& model, Collective& collective,
     return out;
   }
   // More ranks: the all-gather can still fail (a peer dies), and a step must
-  // then leave the state as it was. So the new state is staged in buffers
-  // the step owns anyway and committed only after the all-gather:
-  //   new p -> the owned slice of P (what the all-gather sends),
-  //   new m -> the owned slice of G (over the gradient, element for element),
-  //   new v -> a non-owned slice of G (free after the reduce-scatter).
-  float* stage_v = model.grads() + (model.rank() == 0 ? slice : 0);
+  // then leave the state as it was. So the new state is staged and
+  // committed only after the all-gather:
+  //   new p -> the owned slice of P (what the all-gather sends anyway; it is
+  //            copied to the master on commit, 8 B/param of traffic),
+  //   new m, v -> the moments' second buffers (a flip commits them).
   buf.param_dst = model.owned_params();
-  buf.exp_avg_dst = model.owned_grads();
-  buf.exp_avg_sq_dst = stage_v;
+  buf.exp_avg_dst = model.next_exp_avg();
+  buf.exp_avg_sq_dst = model.next_exp_avg_sq();
   optimizer.Apply(buf, segs, args.adam_step, multiplier);
   out.optimizer_ms = MsSince(t);
 
@@ -122,18 +121,16 @@ absl::StatusOr<StepOutcome> RunStep(ModelState& model, Collective& collective,
   RETURN_IF_ERROR(collective.AllGather(model.params(), slice));
   out.all_gather_ms = MsSince(t);
 
-  // Commit: copy the staged state into place.
+  // Commit: the master copy from P's slice, the moments by a flip.
   t = Clock::now();
   const int workers = optimizer.threads();
   optimizer.ParallelFor([&](int w) {
     const int64_t per = (slice / workers + 15) / 16 * 16;
     const int64_t b = std::min(slice, w * per);
     const int64_t e = w + 1 == workers ? slice : std::min(slice, b + per);
-    const size_t bytes = (e - b) * sizeof(float);
-    std::memcpy(model.master() + b, model.owned_params() + b, bytes);
-    std::memcpy(model.exp_avg() + b, model.owned_grads() + b, bytes);
-    std::memcpy(model.exp_avg_sq() + b, stage_v + b, bytes);
+    std::memcpy(model.master() + b, model.owned_params() + b, (e - b) * sizeof(float));
   });
+  model.FlipMoments();
   out.optimizer_ms += MsSince(t);
   out.applied = true;
   out.total_ms = MsSince(t_start);
