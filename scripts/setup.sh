@@ -14,7 +14,7 @@ PKGS=(
 )
 # Extra packages only the benchmarks and fixture generation need.
 if [[ "${1:-}" == "--bench" ]]; then
-  PKGS+=(iperf3 python3-torch python3-matplotlib)
+  PKGS+=(iperf3 python3-torch python3-matplotlib python3-venv)
 fi
 
 missing=()
@@ -33,4 +33,12 @@ if ((${#missing[@]})); then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
   echo "setup: all ${#PKGS[@]} packages present"
+fi
+
+# Benchmarks and anchors: the newest torch and deepspeed from PyPI, in .venv.
+if [[ "${1:-}" == "--bench" ]]; then
+  cd "$(dirname "$0")/.."
+  [[ -x .venv/bin/python ]] || python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q torch deepspeed ninja kubernetes-validate
 fi
