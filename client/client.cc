@@ -176,7 +176,7 @@ absl::StatusOr<StepResult> Client::Impl::Step(const StepOptions& o) {
                                                  s.message()));
     }
     absl::SleepFor(backoff);
-    backoff *= 2;
+    backoff = std::min(backoff * 2, options.max_retry_backoff);
   }
   ++next_step;
   if (!info.shared_memory && resp.applied()) {

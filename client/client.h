@@ -42,6 +42,7 @@ struct ClientOptions {
   absl::Duration deadline = absl::Seconds(60);  // per call
   int max_retries = 5;                          // for UNAVAILABLE on Step
   absl::Duration retry_backoff = absl::Milliseconds(100);  // doubles per try
+  absl::Duration max_retry_backoff = absl::Seconds(2);
   bool use_shared_memory = true;
   int64_t chunk_elements = 1 << 18;  // inline transfers: 1 MiB per message
   int64_t max_message_bytes = 64 << 20;

@@ -141,3 +141,42 @@ TEST(Faults, TrainerKilledAndRestartedContinuesIdentically) {
 
 }  // namespace
 }  // namespace sherd
+
+namespace sherd {
+namespace {
+
+// A Step sent while the cluster is still forming is UNAVAILABLE; the client
+// retries it with the same step id until the last rank has joined.
+TEST(Faults, StepRetriesWhileTheClusterForms) {
+  auto rank0 = testing::ServerProcess::Start({"--rank", "0", "--world-size", "2"});
+  ASSERT_TRUE(rank0.ok()) << rank0.status();
+  ClientOptions o;
+  o.max_retries = 100;
+  o.retry_backoff = absl::Milliseconds(20);
+  o.max_retry_backoff = absl::Milliseconds(200);
+  auto c0 = Client::Connect(rank0->address(), o);
+  ASSERT_TRUE(c0.ok());
+  ASSERT_TRUE((*c0)->Register(Model()).ok());
+  ASSERT_TRUE((*c0)->InitParams().ok());
+  auto pending = (*c0)->StepAsync({.lr = 0.01f});
+  // Rank 0's step fails UNAVAILABLE until rank 1 joins; only then start it.
+  auto rank1 = testing::ServerProcess::Start(
+      {"--rank", "1", "--world-size", "2", "--coordinator", rank0->address()});
+  ASSERT_TRUE(rank1.ok()) << rank1.status();
+  auto c1 = Client::Connect(rank1->address(), o);
+  ASSERT_TRUE(c1.ok());
+  ASSERT_TRUE((*c1)->Register(Model()).ok());
+  ASSERT_TRUE((*c1)->InitParams().ok());
+  auto r1 = (*c1)->Step({.lr = 0.01f});
+  auto r0 = pending.get();
+  ASSERT_TRUE(r0.ok()) << r0.status();
+  ASSERT_TRUE(r1.ok()) << r1.status();
+  EXPECT_EQ(r0->step, 1);
+  EXPECT_TRUE(r0->applied);
+  EXPECT_GT(r0->retries, 0);
+  EXPECT_EQ(*rank1->Stop(), 0);
+  EXPECT_EQ(*rank0->Stop(), 0);
+}
+
+}  // namespace
+}  // namespace sherd

@@ -6,6 +6,10 @@
 
 #include <filesystem>
 
+#include <grpcpp/grpcpp.h>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+
 #include "client/client.h"
 #include "tests/testing/process.h"
 
@@ -58,6 +62,19 @@ TEST(Lifecycle, ServesOnAUnixSocket) {
   auto r = testing::RunProgram({SHERDCTL_BIN, "--server", s->address(), "status"});
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("model m"), std::string::npos);
+  EXPECT_EQ(*s->Stop(), 0);
+}
+
+TEST(Lifecycle, StandardHealthServiceAnswers) {
+  auto s = ServerProcess::Start();
+  ASSERT_TRUE(s.ok()) << s.status();
+  auto channel = grpc::CreateChannel(s->address(), grpc::InsecureChannelCredentials());
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  grpc::ClientContext ctx;
+  grpc::health::v1::HealthCheckRequest req;
+  grpc::health::v1::HealthCheckResponse resp;
+  ASSERT_TRUE(health->Check(&ctx, req, &resp).ok());
+  EXPECT_EQ(resp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
   EXPECT_EQ(*s->Stop(), 0);
 }
 
