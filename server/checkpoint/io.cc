@@ -116,10 +116,10 @@ absl::Status FsyncDir(const std::string& dir) {
   return FsyncFd(fd, dir);
 }
 
-absl::Status MakeDir(const std::string& dir) {
-  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    return ErrnoStatus(errno, "mkdir", dir);
-  }
+absl::Status MakeDirs(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec && ec.value() != EEXIST) return ErrnoStatus(ec.value(), "mkdir", dir);
   if (!IsDirectory(dir)) {
     return absl::FailedPreconditionError(
         absl::StrCat(dir, " exists and is not a directory"));

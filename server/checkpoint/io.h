@@ -52,7 +52,7 @@ absl::StatusOr<int64_t> FileSize(int fd, const std::string& path);
 
 absl::Status FsyncFd(int fd, const std::string& path);
 absl::Status FsyncDir(const std::string& dir);
-absl::Status MakeDir(const std::string& dir);  // EEXIST is fine
+absl::Status MakeDirs(const std::string& dir);  // mkdir -p
 // rename(2); a directory rename onto an existing name fails.
 absl::Status Rename(const std::string& from, const std::string& to);
 

@@ -31,7 +31,9 @@ std::string ShardProblem(const ShardInfo& s, const Layout* layout,
     return absl::StrCat(who, "file '", s.file, "' should be '",
                         ShardFileName(s.rank, world_size), "'");
   }
-  if (s.slice.begin < 0 || s.slice.end < s.slice.begin) {
+  // Bounded so that the size arithmetic below cannot overflow.
+  if (s.slice.begin < 0 || s.slice.end < s.slice.begin ||
+      s.slice.end > (int64_t{1} << 52)) {
     return who + "bad slice";
   }
   if (layout != nullptr && (s.slice.begin != layout->Slice(s.rank).begin ||

@@ -19,10 +19,11 @@ bool Plain(char c) {
          c == '_' || c == '/' || c == ':' || c == '+' || c == '-';
 }
 
+// Lowercase only: the writer emits lowercase, and accepting 'A' for 'a'
+// would let a flipped case bit in the checksum trailer go unnoticed.
 int HexDigit(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
   return -1;
 }
 

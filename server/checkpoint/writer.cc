@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <mutex>
 #include <random>
 #include <thread>
 
@@ -15,34 +14,6 @@
 #include "server/checkpoint/io.h"
 
 namespace sherd {
-namespace internal {
-namespace {
-
-std::mutex hook_mu;
-CheckpointFaultHook* hook = nullptr;  // guarded by hook_mu
-std::atomic<bool> hook_set{false};
-
-}  // namespace
-
-void SetCheckpointFaultHook(CheckpointFaultHook h) {
-  std::lock_guard<std::mutex> lock(hook_mu);
-  delete hook;
-  hook = h ? new CheckpointFaultHook(std::move(h)) : nullptr;
-  hook_set.store(hook != nullptr);
-}
-
-absl::Status ReachCheckpointStage(CheckpointStage stage) {
-  if (!hook_set.load(std::memory_order_relaxed)) return absl::OkStatus();
-  CheckpointFaultHook h;
-  {
-    std::lock_guard<std::mutex> lock(hook_mu);
-    if (hook == nullptr) return absl::OkStatus();
-    h = *hook;
-  }
-  return h(stage);
-}
-
-}  // namespace internal
 
 namespace {
 
@@ -77,7 +48,7 @@ absl::Status WriteShardBody(int fd, const std::string& path,
 
 absl::StatusOr<std::string> CreateTempCheckpointDir(const std::string& root,
                                                     int64_t step) {
-  RETURN_IF_ERROR(internal::MakeDir(root));
+  RETURN_IF_ERROR(internal::MakeDirs(root));
   std::random_device rd;
   const uint64_t nonce = (uint64_t{rd()} << 32) ^ rd() ^
                          static_cast<uint64_t>(::getpid());

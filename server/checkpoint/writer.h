@@ -36,7 +36,7 @@ struct WriteOptions {
   std::atomic<int64_t>* bytes_written = nullptr;
 };
 
-// Creates `root` if needed and a fresh <root>/.tmp-ckpt-<step>-<nonce>/.
+// Creates `root` (and parents) if needed and a fresh <root>/.tmp-ckpt-<step>-<nonce>/.
 absl::StatusOr<std::string> CreateTempCheckpointDir(const std::string& root,
                                                     int64_t step);
 

@@ -35,7 +35,10 @@ void StoreOut(void* out, int64_t i, float p) {
 template <GradType kGrad, ParamOutType kOut>
 void Run(const AdamWKernelArgs& a, const AdamWConstants& c, int64_t begin,
          int64_t end) {
-  // No __restrict: destinations may alias the inputs (in place).
+  // No __restrict: destinations may alias the inputs (in place). They do so
+  // only element for element, so no iteration depends on another: ivdep
+  // lets the compiler vectorize without runtime alias checks.
+#pragma GCC ivdep
   for (int64_t i = begin; i < end; ++i) {
     const float g = LoadGrad<kGrad>(a.grad, i) * c.grad_multiplier;
     const float p0 = a.param[i], m0 = a.exp_avg[i], v0 = a.exp_avg_sq[i];
