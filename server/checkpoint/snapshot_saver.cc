@@ -18,11 +18,6 @@ absl::Status SnapshotSaver::Start(std::string dir, int rank, int world_size,
                                   const float* param, const float* exp_avg,
                                   const float* exp_avg_sq, Done done,
                                   WriteOptions options) {
-  absl::MutexLock lock(&mu_);
-  if (in_flight_) {
-    return absl::FailedPreconditionError(
-        "a checkpoint save is already in flight on this rank");
-  }
   if (slice.begin < 0 || slice.end < slice.begin) {
     return absl::InvalidArgumentError("SnapshotSaver: bad slice");
   }
@@ -30,11 +25,27 @@ absl::Status SnapshotSaver::Start(std::string dir, int rank, int world_size,
   if (!slice.empty() && (!param || !exp_avg || !exp_avg_sq)) {
     return absl::InvalidArgumentError("SnapshotSaver: null state array");
   }
-  // The previous thread has finished its work (in_flight_ is false); reap it.
-  if (thread_.joinable()) thread_.join();
   const int64_t n = slice.size();
+  {
+    absl::MutexLock lock(&mu_);
+    if (in_flight_) {
+      return absl::FailedPreconditionError(
+          "a checkpoint save is already in flight on this rank");
+    }
+    // Claim the saver; the previous thread has finished its work (it
+    // cleared in_flight_), so reaping it is immediate.
+    in_flight_ = true;
+    if (thread_.joinable()) thread_.join();
+    result_.reset();
+    written_ = 0;
+    total_ = ShardFileBytes(n);
+  }
+  // The copy runs unlocked so progress() stays responsive; nothing else
+  // touches copies_ while in_flight_ is ours.
   for (int a = 0; a < kNumStateArrays; ++a) {
     if (copies_[a].size() != n && !copies_[a].Allocate(n)) {
+      absl::MutexLock lock(&mu_);
+      in_flight_ = false;
       return absl::ResourceExhaustedError(absl::StrCat(
           "cannot allocate ", n * 4, " bytes to snapshot the slice"));
     }
@@ -42,11 +53,8 @@ absl::Status SnapshotSaver::Start(std::string dir, int rank, int world_size,
       std::memcpy(copies_[a].data(), src[a], static_cast<size_t>(n) * 4);
     }
   }
-  in_flight_ = true;
-  result_.reset();
-  written_ = 0;
-  total_ = ShardFileBytes(n);
   options.bytes_written = &written_;
+  absl::MutexLock lock(&mu_);
   thread_ = std::thread(&SnapshotSaver::Run, this, std::move(dir), rank,
                         world_size, slice, step, std::move(done), options);
   return absl::OkStatus();

@@ -12,7 +12,9 @@
 //   ApplyRetention(root, keep)
 //
 // SaveCheckpoint() does all of it for a process that holds every slice.
-// Ownership: the caller's arrays are only read during the call. Threads:
+// Ownership: the caller's arrays are read during the call only, and must
+// not change meanwhile (checksums are taken from memory as it is written;
+// SnapshotSaver writes from a private copy for that reason). Threads:
 // different ranks' WriteShard calls may run concurrently; one commit per
 // root at a time.
 #pragma once
