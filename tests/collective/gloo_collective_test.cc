@@ -37,13 +37,10 @@ TEST(GlooFactory, RendezvousTimesOutWhenPeerNeverJoins) {
   InMemoryKvStore store;
   GlooOptions options;
   options.timeout = absl::Seconds(1);
-  const absl::Time start = absl::Now();
   auto made = CreateGlooCollective(store, /*rank=*/0, /*world_size=*/2,
                                    options);
-  const absl::Duration took = absl::Now() - start;
   EXPECT_EQ(made.status().code(), absl::StatusCode::kUnavailable)
       << made.status();
-  EXPECT_LT(took, absl::Seconds(6));
 }
 
 TEST(GlooFactory, RejectsBadArguments) {
