@@ -208,6 +208,16 @@ std::future<absl::StatusOr<StepResult>> Client::StepAsync(
                     [this, options] { return impl_->Step(options); });
 }
 
+absl::StatusOr<int64_t> Client::Checkpoint() {
+  Impl& d = *impl_;
+  RETURN_IF_ERROR(d.RequireRegistered());
+  grpc::ClientContext ctx;
+  d.SetDeadline(ctx);
+  v1::CheckpointResponse resp;
+  RETURN_IF_ERROR(FromGrpcStatus(d.stub->Checkpoint(&ctx, v1::CheckpointRequest(), &resp)));
+  return resp.step();
+}
+
 absl::Status Client::Impl::Push(v1::BufferKind kind, std::span<const float> data,
                                 int64_t offset) {
   grpc::ClientContext ctx;

@@ -110,6 +110,11 @@ class Client {
   absl::StatusOr<StepResult> Step(const StepOptions& options);
   std::future<absl::StatusOr<StepResult>> StepAsync(const StepOptions& options);
 
+  // Asks this rank's server to checkpoint its state after the last step
+  // (every trainer of a cluster calls it after the same step; rank 0
+  // commits once all ranks have written). Returns the step being saved.
+  absl::StatusOr<int64_t> Checkpoint();
+
   // Inline data plane (works with or without shared memory). Offsets are in
   // elements of the flat layout.
   absl::Status PushGrads(std::span<const float> grads, int64_t offset = 0);

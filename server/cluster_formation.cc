@@ -46,12 +46,13 @@ ClusterFormation::~ClusterFormation() { Stop(); }
 void ClusterFormation::Start() {
   thread_ = std::thread([config = config_, address = my_address_,
                          table = table_, state = state_] {
-    auto finish = [&](absl::StatusOr<std::unique_ptr<Collective>> result) {
+    auto finish = [&](absl::StatusOr<std::unique_ptr<Collective>> result,
+                      std::shared_ptr<KvStore> store = nullptr) {
       absl::MutexLock l(&state->mu);
       state->done = true;
       if (state->shard == nullptr) return;  // shutting down
       if (result.ok()) {
-        state->shard->AttachCollective(std::move(*result));
+        state->shard->AttachCollective(std::move(*result), std::move(store));
         SHERD_LOG(Info, "cluster formed: rank %d of %d", config.rank, config.world_size);
       } else {
         state->shard->MarkUnhealthy(
@@ -68,11 +69,12 @@ void ClusterFormation::Start() {
     gloo.hostname = HostOf(address);
     gloo.timeout = absl::Seconds(config.collective_timeout_s);
     gloo.prefix = absl::StrCat("gloo/", config.cluster_id);
-    if (table->is_coordinator()) {
-      return finish(CreateGlooCollective(*table, config.rank, config.world_size, gloo));
-    }
-    RemoteKvStore store(coordinator);
-    finish(CreateGlooCollective(store, config.rank, config.world_size, gloo));
+    // Rank 0's store also collects checkpoint reports (shared ownership: it
+    // outlives this thread inside the shard server).
+    std::shared_ptr<KvStore> store =
+        table->is_coordinator() ? std::shared_ptr<KvStore>(table)
+                                : std::make_shared<RemoteKvStore>(coordinator);
+    finish(CreateGlooCollective(*store, config.rank, config.world_size, gloo), store);
   });
 }
 

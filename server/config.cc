@@ -83,6 +83,18 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
   app.add_option("--join-timeout", c.join_timeout_s,
                  "Seconds to wait for every rank to join the cluster")
       ->envname("SHERD_JOIN_TIMEOUT")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--checkpoint-dir", c.checkpoint_dir,
+                 "Directory for checkpoints (shared by every rank)")
+      ->envname("SHERD_CHECKPOINT_DIR");
+  app.add_option("--checkpoint-every", c.checkpoint_every,
+                 "Save after every K-th step (0: only when asked)")
+      ->envname("SHERD_CHECKPOINT_EVERY")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--checkpoint-keep", c.checkpoint_keep, "Committed checkpoints to keep")
+      ->envname("SHERD_CHECKPOINT_KEEP")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--restore", c.restore,
+                 "At Register: newest (falls back past corrupt ones), none, or a "
+                 "checkpoint name such as ckpt-000000000100")
+      ->envname("SHERD_RESTORE")->capture_default_str();
   auto* rank_opt = app.get_option("--rank");
   try {
     app.parse(argc, argv);

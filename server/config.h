@@ -28,6 +28,12 @@ struct ServerConfig {
   std::string cluster_id;        // guards against two jobs sharing a coordinator
   double collective_timeout_s = 60;
   double join_timeout_s = 300;
+
+  // Checkpoints.
+  std::string checkpoint_dir;      // empty: off
+  int checkpoint_every = 0;        // steps; 0: only on request
+  int checkpoint_keep = 3;
+  std::string restore = "newest";  // newest, none, or a checkpoint name
 };
 
 // Returns the config, or an error status whose message is ready to print.

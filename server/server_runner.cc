@@ -59,9 +59,14 @@ absl::Status RunServer(const ServerConfig& config) {
   opts.memory_limit_bytes = config.memory_limit_bytes;
   opts.optimizer_threads = config.optimizer_threads;
   opts.shm_prefix = config.shm_prefix;
+  opts.checkpoint.root = config.checkpoint_dir;
+  opts.checkpoint.every = config.checkpoint_every;
+  opts.checkpoint.keep = config.checkpoint_keep;
+  opts.checkpoint.restore = config.restore;
   // One rank needs no cluster; more get their collective once formed.
   auto shard = std::make_unique<ShardServer>(
       opts, config.world_size == 1 ? CreateSingleRankCollective() : nullptr);
+  if (absl::Status s = shard->PrepareCheckpoints(); !s.ok()) return s;
   Inflight inflight;
   TrainerService trainer(*shard, inflight);
   AdminService admin(*shard, inflight);
@@ -115,6 +120,10 @@ absl::Status RunServer(const ServerConfig& config) {
     sigwait(&signals, &sig);
     SHERD_LOG(Info, "signal %d: shutting down", sig);
     server->GetHealthCheckService()->SetServingStatus(false);
+    // A save in flight finishes first: its reports need the peer service.
+    if (!shard->WaitForCheckpoint(absl::Minutes(5))) {
+      SHERD_LOG(Warning, "abandoning a checkpoint save still in flight");
+    }
     if (formation) formation->Stop();
     table->Close();  // wakes peers blocked in Join or KvGet on this rank
     int left = inflight.Drain(absl::Now() + kShutdownGrace);

@@ -102,13 +102,80 @@ ShardServer::ShardServer(ServerOptions options,
     : options_(std::move(options)),
       started_(absl::Now()),
       collective_(std::move(collective)),
-      optimizer_(std::max(1, options_.optimizer_threads)) {}
+      optimizer_(std::max(1, options_.optimizer_threads)) {
+  if (!options_.checkpoint.root.empty()) {
+    checkpointer_ = std::make_unique<Checkpointer>(options_.checkpoint, options_.rank,
+                                                   options_.world_size);
+  }
+}
+
+absl::Status ShardServer::PrepareCheckpoints() {
+  return checkpointer_ ? checkpointer_->Prepare() : absl::OkStatus();
+}
+
+absl::Status ShardServer::StartCheckpointLocked(const ModelState& m, int64_t step) {
+  if (checkpointer_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "checkpoints are off: start the server with --checkpoint-dir");
+  }
+  std::map<std::string, int64_t> counters;
+  {
+    absl::MutexLock l(&stats_mu_);
+    counters = {{"adam_step", adam_step_},
+                {"steps_applied", steps_applied_},
+                {"steps_skipped", steps_skipped_}};
+  }
+  return checkpointer_->Start(m, step, std::move(counters));
+}
+
+absl::StatusOr<v1::CheckpointResponse> ShardServer::Checkpoint() {
+  absl::MutexLock step_lock(&step_mu_);
+  ASSIGN_OR_RETURN(std::shared_ptr<ModelState> m, RequireModel());
+  int64_t step;
+  {
+    absl::MutexLock l(&stats_mu_);
+    if (!initialized_) {
+      return absl::FailedPreconditionError("nothing to save: params are not initialized");
+    }
+    step = next_step_ - 1;
+  }
+  RETURN_IF_ERROR(StartCheckpointLocked(*m, step));
+  v1::CheckpointResponse r;
+  r.set_step(step);
+  return r;
+}
+
+bool ShardServer::WaitForCheckpoint(absl::Duration timeout) {
+  return checkpointer_ == nullptr || checkpointer_->WaitIdle(timeout);
+}
+
+v1::CheckpointStatusResponse ShardServer::CheckpointStatus() const {
+  v1::CheckpointStatusResponse r;
+  r.set_enabled(checkpointer_ != nullptr);
+  {
+    absl::MutexLock l(&stats_mu_);
+    r.set_restored_from(restored_from_);
+  }
+  if (checkpointer_ == nullptr) return r;
+  Checkpointer::Status s = checkpointer_->status();
+  r.set_root(checkpointer_->options().root);
+  r.set_in_flight(s.in_flight);
+  r.set_step(s.step);
+  r.set_bytes_written(s.bytes_written);
+  r.set_bytes_total(s.bytes_total);
+  r.set_last_committed_step(s.last_committed_step);
+  r.set_last_committed(s.last_committed);
+  r.set_last_error(s.last_error);
+  return r;
+}
 
 ShardServer::~ShardServer() = default;
 
-void ShardServer::AttachCollective(std::unique_ptr<Collective> collective) {
+void ShardServer::AttachCollective(std::unique_ptr<Collective> collective,
+                                   std::shared_ptr<KvStore> reports) {
   absl::MutexLock l(&step_mu_);
   collective_ = std::move(collective);
+  if (checkpointer_ && reports) checkpointer_->SetReportStore(std::move(reports));
 }
 
 void ShardServer::MarkUnhealthy(std::string reason) {
@@ -162,6 +229,19 @@ absl::StatusOr<v1::RegisterResponse> ShardServer::Register(
                              : options_.shm_prefix;
     ASSIGN_OR_RETURN(m, ModelState::Create(std::move(spec), std::move(layout),
                                            options_.rank, prefix));
+    if (checkpointer_ != nullptr) {
+      // A failed restore registers nothing: the state is never a mix.
+      ASSIGN_OR_RETURN(std::optional<RestoredState> restored, checkpointer_->Restore(*m));
+      if (restored) {
+        absl::MutexLock l(&stats_mu_);
+        initialized_ = true;
+        next_step_ = restored->step + 1;
+        adam_step_ = restored->counters["adam_step"];
+        steps_applied_ = restored->counters["steps_applied"];
+        steps_skipped_ = restored->counters["steps_skipped"];
+        restored_from_ = restored->name;
+      }
+    }
     absl::MutexLock l(&model_mu_);
     model_ = m;
     SHERD_LOG(Info, "registered model '%s': %d tensors, %d parameters, %d bytes",
@@ -267,17 +347,24 @@ absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
   t->set_optimizer_ms(out->optimizer_ms);
   t->set_all_gather_ms(out->all_gather_ms);
   t->set_total_ms(out->total_ms);
-  absl::MutexLock l(&stats_mu_);
-  ++next_step_;
-  if (out->applied) {
-    ++adam_step_;
-    ++steps_applied_;
-  } else {
-    ++steps_skipped_;
-    SHERD_LOG(Warning, "step %d skipped: %s", req.step(), out->skip_reason);
+  {
+    absl::MutexLock l(&stats_mu_);
+    ++next_step_;
+    if (out->applied) {
+      ++adam_step_;
+      ++steps_applied_;
+    } else {
+      ++steps_skipped_;
+      SHERD_LOG(Warning, "step %d skipped: %s", req.step(), out->skip_reason);
+    }
+    recent_.push_back(resp);
+    if (recent_.size() > kRecentSteps) recent_.pop_front();
   }
-  recent_.push_back(resp);
-  if (recent_.size() > kRecentSteps) recent_.pop_front();
+  const int every = options_.checkpoint.every;
+  if (checkpointer_ && every > 0 && req.step() % every == 0) {
+    absl::Status s = StartCheckpointLocked(*m, req.step());
+    if (!s.ok()) SHERD_LOG(Warning, "checkpoint at step %d: %s", req.step(), s.message());
+  }
   return resp;
 }
 

@@ -26,6 +26,7 @@
 #include "absl/time/time.h"
 #include "sherd/v1/admin.pb.h"
 #include "sherd/v1/trainer.pb.h"
+#include "server/checkpointer.h"
 #include "server/collective/collective.h"
 #include "server/optimizer/adamw.h"
 #include "server/state/model_state.h"
@@ -39,6 +40,7 @@ struct ServerOptions {
   int optimizer_threads = 1;
   std::string shm_prefix;         // default: /sherd.<pid>.<rank>
   int64_t fetch_chunk_elements = 1 << 18;
+  CheckpointOptions checkpoint;  // root empty: checkpoints off
 };
 
 class ShardServer {
@@ -49,7 +51,19 @@ class ShardServer {
   ~ShardServer();
 
   // Hands over the collective once the cluster has formed.
-  void AttachCollective(std::unique_ptr<Collective> collective);
+  // `reports` is rank 0's rendezvous store, where checkpoint shards are
+  // reported (null with one rank).
+  void AttachCollective(std::unique_ptr<Collective> collective,
+                        std::shared_ptr<KvStore> reports = nullptr);
+  // Rank 0: creates the checkpoint root and removes leftovers. Call once
+  // before serving.
+  absl::Status PrepareCheckpoints();
+  // Saves this rank's state after its last step (see Checkpointer).
+  absl::StatusOr<v1::CheckpointResponse> Checkpoint();
+  v1::CheckpointStatusResponse CheckpointStatus() const;
+  // At shutdown, before the services stop: lets a save in flight finish
+  // (its reports travel over the peer service). False on timeout.
+  bool WaitForCheckpoint(absl::Duration timeout);
   // Marks this server unhealthy (e.g. the cluster could not form).
   void MarkUnhealthy(std::string reason);
 
@@ -84,6 +98,8 @@ class ShardServer {
  private:
   std::shared_ptr<ModelState> model() const;
   absl::StatusOr<std::shared_ptr<ModelState>> RequireModel() const;
+  absl::Status StartCheckpointLocked(const ModelState& m, int64_t step)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
   absl::StatusOr<float*> BufferFor(const ModelState& m, v1::BufferKind kind) const;
 
   const ServerOptions options_;
@@ -95,6 +111,8 @@ class ShardServer {
 
   absl::Mutex step_mu_ ABSL_ACQUIRED_BEFORE(model_mu_);
   std::unique_ptr<Collective> collective_ ABSL_GUARDED_BY(step_mu_);
+  std::unique_ptr<Checkpointer> checkpointer_;  // null: checkpoints off
+  std::string restored_from_ ABSL_GUARDED_BY(stats_mu_);
   AdamW optimizer_ ABSL_GUARDED_BY(step_mu_);
 
   // Step bookkeeping; written under step_mu_, read by Status under stats_mu_.

@@ -1,6 +1,7 @@
 // sherdctl: inspect shard servers, live. Flags in, one command run.
 #include <CLI/CLI.hpp>
 
+#include "client/sherdctl/checkpoint_commands.h"
 #include "client/sherdctl/commands.h"
 
 int main(int argc, char** argv) {
@@ -33,7 +34,34 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   inspect->add_option("--count", io.count, "Number of elements (default: to the end)")
       ->check(CLI::NonNegativeNumber);
+  sherd::ctl::CheckpointOptions co;
+  auto* ckpt = app.add_subcommand("checkpoint", "Save, list, verify, inspect and export checkpoints");
+  ckpt->require_subcommand(1);
+  auto* c_save = ckpt->add_subcommand("save", "Save every rank's state after its last step (through the servers)");
+  c_save->add_flag("!--no-wait", co.wait, "Return once every rank has started, without waiting for the commit");
+  auto* c_status = ckpt->add_subcommand("status", "Each rank's checkpoint state (through the servers)");
+  auto* c_list = ckpt->add_subcommand("list", "Committed checkpoints in a directory (no server needed)");
+  auto* c_verify = ckpt->add_subcommand("verify", "Check every checksum of a checkpoint without loading it");
+  auto* c_inspect = ckpt->add_subcommand("inspect", "Statistics of one tensor's saved state");
+  auto* c_export = ckpt->add_subcommand("export", "Write the params as one safetensors file");
+  for (auto* sc : {c_list, c_verify, c_inspect, c_export}) {
+    sc->add_option("--dir", co.dir, "Checkpoint directory (the server's --checkpoint-dir)")
+        ->envname("SHERD_CHECKPOINT_DIR");
+  }
+  for (auto* sc : {c_verify, c_inspect, c_export}) {
+    sc->add_option("NAME", co.name, "Checkpoint name (ckpt-...) under --dir, or its path")->required();
+  }
+  c_inspect->add_option("TENSOR", co.tensor, "Tensor name")->required();
+  c_inspect->add_option("--state", co.state, "param, exp_avg or exp_avg_sq")
+      ->check(CLI::IsMember({"param", "exp_avg", "exp_avg_sq"}))->capture_default_str();
+  c_export->add_option("OUT", co.out, "Output .safetensors file")->required();
   CLI11_PARSE(app, argc, argv);
+  if (*c_save) return sherd::ctl::RunCheckpointSave(g, co);
+  if (*c_status) return sherd::ctl::RunCheckpointStatus(g);
+  if (*c_list) return sherd::ctl::RunCheckpointList(g, co);
+  if (*c_verify) return sherd::ctl::RunCheckpointVerify(g, co);
+  if (*c_inspect) return sherd::ctl::RunCheckpointInspect(g, co);
+  if (*c_export) return sherd::ctl::RunCheckpointExport(g, co);
   if (*status) return sherd::ctl::RunStatus(g);
   if (*tensors) return sherd::ctl::RunTensors(g);
   if (*where) return sherd::ctl::RunWhere(g, where_name);

@@ -31,4 +31,19 @@ grpc::Status AdminService::Inspect(grpc::ServerContext*,
   return Reply(server_.Inspect(*req), resp);
 }
 
+grpc::Status AdminService::CheckpointSave(grpc::ServerContext*,
+                                          const v1::CheckpointRequest*,
+                                          v1::CheckpointResponse* resp) {
+  SHERD_ADMIT_OR_RETURN(inflight_);
+  return Reply(server_.Checkpoint(), resp);
+}
+
+grpc::Status AdminService::CheckpointStatus(grpc::ServerContext*,
+                                            const v1::CheckpointStatusRequest*,
+                                            v1::CheckpointStatusResponse* resp) {
+  SHERD_ADMIT_OR_RETURN(inflight_);
+  *resp = server_.CheckpointStatus();
+  return grpc::Status::OK;
+}
+
 }  // namespace sherd

@@ -20,6 +20,11 @@ class AdminService final : public v1::Admin::Service {
                      v1::WhereResponse* resp) override;
   grpc::Status Inspect(grpc::ServerContext*, const v1::InspectRequest* req,
                        v1::InspectResponse* resp) override;
+  grpc::Status CheckpointSave(grpc::ServerContext*, const v1::CheckpointRequest*,
+                              v1::CheckpointResponse* resp) override;
+  grpc::Status CheckpointStatus(grpc::ServerContext*,
+                                const v1::CheckpointStatusRequest*,
+                                v1::CheckpointStatusResponse* resp) override;
 
  private:
   ShardServer& server_;

@@ -51,4 +51,11 @@ grpc::Status TrainerService::Fetch(grpc::ServerContext* ctx,
       }));
 }
 
+grpc::Status TrainerService::Checkpoint(grpc::ServerContext*,
+                                        const v1::CheckpointRequest*,
+                                        v1::CheckpointResponse* resp) {
+  SHERD_ADMIT_OR_RETURN(inflight_);
+  return Reply(server_.Checkpoint(), resp);
+}
+
 }  // namespace sherd

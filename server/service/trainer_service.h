@@ -22,6 +22,8 @@ class TrainerService final : public v1::Trainer::Service {
                     v1::PushResponse* resp) override;
   grpc::Status Fetch(grpc::ServerContext*, const v1::FetchRequest* req,
                      grpc::ServerWriter<v1::DataChunk>* writer) override;
+  grpc::Status Checkpoint(grpc::ServerContext*, const v1::CheckpointRequest*,
+                          v1::CheckpointResponse* resp) override;
 
  private:
   ShardServer& server_;

@@ -1,0 +1,165 @@
+#include "client/sherdctl/checkpoint_commands.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "client/sherdctl/cluster.h"
+#include "client/sherdctl/table.h"
+#include "server/checkpoint/directory.h"
+#include "server/checkpoint/reader.h"
+#include "server/checkpoint/tools.h"
+
+namespace sherd::ctl {
+namespace {
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "sherdctl: %s\n", std::string(s.message()).c_str());
+  return 1;
+}
+
+// NAME may be a checkpoint name under --dir or a path.
+std::string CheckpointPath(const CheckpointOptions& o) {
+  if (o.name.find('/') != std::string::npos || o.dir.empty()) return o.name;
+  return o.dir + "/" + o.name;
+}
+
+void Progress(const char* what, int64_t done, int64_t total) {
+  if (!isatty(fileno(stderr)) || total <= 0) return;
+  int pct = static_cast<int>(100 * done / total);
+  std::fprintf(stderr, "\r%s %3d%% [%-40s] %s / %s", what, pct,
+               std::string(pct * 40 / 100, '#').c_str(), HumanBytes(done).c_str(),
+               HumanBytes(total).c_str());
+  if (done >= total) std::fprintf(stderr, "\n");
+}
+
+}  // namespace
+
+int RunCheckpointSave(const GlobalOptions& g, const CheckpointOptions& o) {
+  auto cluster = Cluster::Discover(g);
+  if (!cluster.ok()) return Fail(cluster.status());
+  int64_t step = -1;
+  // Every rank saves its own slice; rank 0 commits once all have written.
+  for (const RankEndpoint& e : cluster->ranks()) {
+    v1::Admin::Stub* stub = cluster->Admin(e.rank);
+    if (stub == nullptr) return Fail(absl::UnavailableError(absl::StrCat("rank ", e.rank, " has not joined")));
+    v1::CheckpointResponse r;
+    absl::Status s = cluster->Call(stub, e.address, &v1::Admin::Stub::CheckpointSave,
+                                   v1::CheckpointRequest(), &r);
+    if (!s.ok()) return Fail(absl::Status(s.code(), absl::StrCat("rank ", e.rank, ": ", s.message())));
+    if (step >= 0 && r.step() != step) {
+      return Fail(absl::FailedPreconditionError(absl::StrCat(
+          "ranks are at different steps (", step, " and ", r.step(),
+          "): save between steps, when every trainer has finished the same step")));
+    }
+    step = r.step();
+  }
+  std::printf("saving step %lld on %d rank(s)\n", static_cast<long long>(step), cluster->world_size());
+  if (!o.wait) return 0;
+  // Progress: the sum of every rank's bytes; done when rank 0 has committed.
+  for (;;) {
+    int64_t done = 0, total = 0;
+    v1::CheckpointStatusResponse r0;
+    for (const RankEndpoint& e : cluster->ranks()) {
+      v1::CheckpointStatusResponse r;
+      absl::Status s = cluster->Call(cluster->Admin(e.rank), e.address,
+                                     &v1::Admin::Stub::CheckpointStatus,
+                                     v1::CheckpointStatusRequest(), &r);
+      if (!s.ok()) return Fail(s);
+      if (!r.in_flight() && !r.last_error().empty() && r.step() == step) {
+        return Fail(absl::DataLossError(absl::StrCat("rank ", e.rank, ": ", r.last_error())));
+      }
+      done += r.bytes_written();
+      total += r.bytes_total();
+      if (e.rank == 0) r0 = r;
+    }
+    Progress("writing", done, total);
+    if (!r0.in_flight() && r0.last_committed_step() == step) {
+      std::printf("committed %s in %s\n", r0.last_committed().c_str(), r0.root().c_str());
+      return 0;
+    }
+    absl::SleepFor(absl::Milliseconds(200));  // polling a remote progress counter
+  }
+}
+
+int RunCheckpointStatus(const GlobalOptions& g) {
+  auto cluster = Cluster::Discover(g);
+  if (!cluster.ok()) return Fail(cluster.status());
+  Table t({"RANK", "ENABLED", "IN FLIGHT", "STEP", "WRITTEN", "LAST COMMITTED", "RESTORED FROM", "ERROR"});
+  for (const RankEndpoint& e : cluster->ranks()) {
+    v1::CheckpointStatusResponse r;
+    absl::Status s = cluster->Call(cluster->Admin(e.rank), e.address,
+                                   &v1::Admin::Stub::CheckpointStatus,
+                                   v1::CheckpointStatusRequest(), &r);
+    if (!s.ok()) {
+      t.Add({absl::StrCat(e.rank), "-", "-", "-", "-", "-", "-", std::string(s.message())});
+      continue;
+    }
+    t.Add({absl::StrCat(e.rank), r.enabled() ? r.root() : "no", r.in_flight() ? "yes" : "no",
+           absl::StrCat(r.step()),
+           absl::StrCat(HumanBytes(r.bytes_written()), " / ", HumanBytes(r.bytes_total())),
+           r.last_committed().empty() ? "-" : r.last_committed(),
+           r.restored_from().empty() ? "-" : r.restored_from(),
+           r.last_error().empty() ? "-" : r.last_error()});
+  }
+  std::fputs(t.Render().c_str(), stdout);
+  return 0;
+}
+
+int RunCheckpointList(const GlobalOptions& g, const CheckpointOptions& o) {
+  if (o.dir.empty()) return Fail(absl::InvalidArgumentError("--dir is required"));
+  auto list = ListCheckpoints(o.dir, {.verify = true});
+  if (!list.ok()) return Fail(list.status());
+  Table t({"NAME", "STEP", "TIME", "WORLD", "SIZE", "VERIFIED", "STATUS"});
+  for (const CheckpointInfo& c : *list) {
+    t.Add({c.name, absl::StrCat(c.step), absl::FormatTime("%Y-%m-%d %H:%M:%S", c.time, absl::UTCTimeZone()),
+           absl::StrCat(c.world_size), HumanBytes(c.bytes), c.verified ? "yes" : "no",
+           c.status.ok() ? "ok" : std::string(c.status.message())});
+  }
+  std::fputs(t.Render().c_str(), stdout);
+  if (list->empty()) std::printf("no committed checkpoints in %s\n", o.dir.c_str());
+  return 0;
+}
+
+int RunCheckpointVerify(const GlobalOptions& g, const CheckpointOptions& o) {
+  std::string path = CheckpointPath(o);
+  absl::Status s = VerifyCheckpoint(path, [](int64_t done, int64_t total) {
+    Progress("verifying", done, total);
+  });
+  if (!s.ok()) return Fail(s);
+  std::printf("%s: every checksum verified\n", path.c_str());
+  return 0;
+}
+
+int RunCheckpointInspect(const GlobalOptions& g, const CheckpointOptions& o) {
+  StateArray state;
+  if (o.state == "param") state = StateArray::kParam;
+  else if (o.state == "exp_avg") state = StateArray::kExpAvg;
+  else if (o.state == "exp_avg_sq") state = StateArray::kExpAvgSq;
+  else return Fail(absl::InvalidArgumentError("--state must be param, exp_avg or exp_avg_sq"));
+  auto r = InspectTensor(CheckpointPath(o), o.tensor, state);
+  if (!r.ok()) return Fail(r.status());
+  std::printf("%s [%s] %s at step %lld\n", r->name.c_str(), absl::StrJoin(r->shape, ", ").c_str(),
+              o.state.c_str(), static_cast<long long>(r->step));
+  Table t({"COUNT", "MIN", "MAX", "MEAN", "L2", "NAN", "INF"});
+  const RangeStats& s = r->stats;
+  t.Add({absl::StrCat(s.count), absl::StrFormat("%.6g", s.finite ? s.min : 0),
+         absl::StrFormat("%.6g", s.finite ? s.max : 0), absl::StrFormat("%.6g", s.mean()),
+         absl::StrFormat("%.6g", s.l2()), absl::StrCat(s.nan), absl::StrCat(s.inf)});
+  std::fputs(t.Render().c_str(), stdout);
+  return 0;
+}
+
+int RunCheckpointExport(const GlobalOptions& g, const CheckpointOptions& o) {
+  auto r = ExportSafetensors(CheckpointPath(o), o.out);
+  if (!r.ok()) return Fail(r.status());
+  std::printf("wrote %s: %lld tensors, %s (safetensors, F32)\n", o.out.c_str(),
+              static_cast<long long>(r->tensors), HumanBytes(r->bytes).c_str());
+  return 0;
+}
+
+}  // namespace sherd::ctl

@@ -1,0 +1,220 @@
+#include "server/checkpointer.h"
+
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "server/checkpoint/directory.h"
+#include "server/checkpoint/manifest.h"
+#include "server/checkpoint/reader.h"
+#include "server/checkpoint/writer.h"
+
+namespace sherd {
+namespace {
+
+constexpr char kErrorPrefix[] = "ERR:";
+
+std::string ReportKey(int64_t step, int rank) {
+  return absl::StrCat("ckpt/", step, "/shard/", rank);
+}
+
+// Every rank writes into the same temporary directory of a step; its name
+// is a pure function of the step so no one has to hand it out.
+std::string TempDir(const std::string& root, int64_t step) {
+  return absl::StrCat(root, "/", kTempPrefix, step, "-cluster");
+}
+
+absl::Status MakeDir(const std::string& path) {
+  if (mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
+    return absl::InternalError(absl::StrCat("mkdir ", path, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+Checkpointer::Checkpointer(CheckpointOptions options, int rank, int world_size)
+    : options_(std::move(options)), rank_(rank), world_size_(world_size) {}
+
+Checkpointer::~Checkpointer() = default;
+
+absl::Status Checkpointer::Prepare() {
+  RETURN_IF_ERROR(MakeDir(options_.root));
+  if (rank_ != 0) return absl::OkStatus();
+  ASSIGN_OR_RETURN(std::vector<std::string> removed, CleanLeftovers(options_.root));
+  for (const std::string& r : removed) SHERD_LOG(Info, "removed leftover %s", r);
+  return absl::OkStatus();
+}
+
+void Checkpointer::SetReportStore(std::shared_ptr<KvStore> store) {
+  absl::MutexLock l(&mu_);
+  store_ = std::move(store);
+}
+
+absl::Status Checkpointer::Start(const ModelState& model, int64_t step,
+                                 std::map<std::string, int64_t> counters) {
+  {
+    absl::MutexLock l(&mu_);
+    if (committing_ || saver_.progress().in_flight) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("a checkpoint save (step ", step_, ") is still in flight"));
+    }
+    if (world_size_ > 1 && store_ == nullptr) {
+      return absl::UnavailableError("the cluster has not formed yet");
+    }
+    committing_ = true;
+    step_ = step;
+    last_error_.clear();
+  }
+  std::string dir = TempDir(options_.root, step);
+  absl::Status s = MakeDir(dir);
+  if (s.ok()) {
+    ModelSpec spec = model.spec();
+    s = saver_.Start(
+        dir, rank_, world_size_, model.owned(), step, model.master(),
+        model.exp_avg(), model.exp_avg_sq(),
+        [this, spec, step, dir, counters](const absl::StatusOr<ShardInfo>& shard) {
+          Finish(spec, step, dir, counters, shard);
+        });
+  }
+  if (!s.ok()) {
+    absl::MutexLock l(&mu_);
+    committing_ = false;
+    last_error_ = std::string(s.message());
+  }
+  return s;
+}
+
+void Checkpointer::Finish(const ModelSpec& spec, int64_t step, std::string dir,
+                          std::map<std::string, int64_t> counters,
+                          const absl::StatusOr<ShardInfo>& shard) {
+  absl::Status result;
+  if (rank_ != 0) {
+    std::shared_ptr<KvStore> store;
+    {
+      absl::MutexLock l(&mu_);
+      store = store_;
+    }
+    result = shard.status();
+    std::string report = shard.ok() ? EncodeShardInfo(*shard)
+                                    : absl::StrCat(kErrorPrefix, shard.status().message());
+    absl::Status sent = store->Set(ReportKey(step, rank_), report);
+    if (result.ok()) result = sent;
+  } else if (!shard.ok()) {
+    result = shard.status();
+    (void)AbortCheckpoint(dir);
+  } else {
+    result = Commit(spec, step, dir, std::move(counters), *shard);
+  }
+  absl::MutexLock l(&mu_);
+  committing_ = false;
+  if (!result.ok()) {
+    last_error_ = std::string(result.message());
+    SHERD_LOG(Error, "checkpoint at step %d failed: %s", step, last_error_);
+  } else if (rank_ == 0) {
+    last_committed_step_ = step;
+  }
+}
+
+absl::Status Checkpointer::Commit(const ModelSpec& spec, int64_t step,
+                                  const std::string& dir,
+                                  std::map<std::string, int64_t> counters,
+                                  ShardInfo own) {
+  std::vector<ShardInfo> shards(world_size_);
+  shards[0] = std::move(own);
+  std::shared_ptr<KvStore> store;
+  {
+    absl::MutexLock l(&mu_);
+    store = store_;
+  }
+  for (int r = 1; r < world_size_; ++r) {
+    absl::StatusOr<std::string> report = store->Get(ReportKey(step, r), options_.report_timeout);
+    absl::Status s = report.status();
+    if (s.ok() && absl::StartsWith(*report, kErrorPrefix)) {
+      s = absl::UnavailableError(absl::StrCat("rank ", r, ": ", report->substr(4)));
+    }
+    if (s.ok()) {
+      absl::StatusOr<ShardInfo> info = DecodeShardInfo(*report);
+      s = info.status();
+      if (s.ok()) shards[r] = std::move(*info);
+    }
+    if (!s.ok()) {
+      (void)AbortCheckpoint(dir);
+      return absl::Status(s.code(), absl::StrCat("checkpoint at step ", step,
+                                                 " not committed: ", s.message()));
+    }
+  }
+  ASSIGN_OR_RETURN(Manifest manifest,
+                   BuildManifest(spec, world_size_, step, std::move(counters), std::move(shards)));
+  ASSIGN_OR_RETURN(std::string path, CommitCheckpoint(options_.root, dir, manifest));
+  SHERD_LOG(Info, "checkpoint committed: %s", path);
+  {
+    absl::MutexLock l(&mu_);
+    last_committed_ = path.substr(path.rfind('/') + 1);
+  }
+  if (options_.keep > 0) {
+    auto removed = ApplyRetention(options_.root, options_.keep);
+    if (!removed.ok()) SHERD_LOG(Warning, "retention: %s", removed.status().message());
+  }
+  return absl::OkStatus();
+}
+
+bool Checkpointer::WaitIdle(absl::Duration timeout) {
+  absl::MutexLock l(&mu_);
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !committing_; };
+  return mu_.AwaitWithTimeout(absl::Condition(&idle), timeout);
+}
+
+Checkpointer::Status Checkpointer::status() const {
+  Status s;
+  SnapshotSaver::Progress p = saver_.progress();
+  absl::MutexLock l(&mu_);
+  s.in_flight = committing_;
+  s.step = step_;
+  s.bytes_written = p.bytes_written;
+  s.bytes_total = p.bytes_total;
+  s.last_committed_step = last_committed_step_;
+  s.last_committed = last_committed_;
+  s.last_error = last_error_;
+  return s;
+}
+
+absl::StatusOr<std::optional<RestoredState>> Checkpointer::Restore(ModelState& model) {
+  if (options_.restore == "none") return std::optional<RestoredState>();
+  absl::StatusOr<CheckpointReader> reader;
+  if (options_.restore == "newest") {
+    absl::StatusOr<LoadableCheckpoint> found = FindNewestLoadable(options_.root, model.spec());
+    if (absl::IsNotFound(found.status())) return std::optional<RestoredState>();
+    if (!found.ok()) return found.status();
+    for (const absl::Status& skipped : found->skipped) {
+      SHERD_LOG(Warning, "skipped checkpoint: %s", skipped.message());
+    }
+    reader = std::move(found->reader);
+  } else {
+    reader = CheckpointReader::Open(absl::StrCat(options_.root, "/", options_.restore));
+    if (!reader.ok()) return reader.status();
+    RETURN_IF_ERROR(reader->Verify());
+  }
+  RETURN_IF_ERROR(reader->CheckModel(model.spec()));
+  RETURN_IF_ERROR(reader->LoadSlice(model.layout(), model.rank(), model.master(),
+                                    model.exp_avg(), model.exp_avg_sq()));
+  // The trainer's full params, straight from the files: no collective needed.
+  const Range saved_all{0, std::min(model.layout().total(), reader->manifest().layout.total())};
+  RETURN_IF_ERROR(reader->LoadRange(saved_all, model.params(), nullptr, nullptr));
+  RestoredState r;
+  r.step = reader->manifest().step;
+  r.counters = reader->manifest().counters;
+  std::string dir = reader->manifest_path();
+  dir = dir.substr(0, dir.rfind('/'));
+  r.name = dir.substr(dir.rfind('/') + 1);
+  SHERD_LOG(Info, "restored %s (saved on %d ranks) into rank %d of %d", r.name,
+            reader->manifest().world_size, rank_, world_size_);
+  return std::optional<RestoredState>(std::move(r));
+}
+
+}  // namespace sherd

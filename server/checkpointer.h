@@ -1,0 +1,105 @@
+// The server side of checkpoints: when and where a rank saves, how rank 0
+// commits, and restoring at registration. The format and its guarantees live
+// in server/checkpoint/ (docs/checkpoint_format.md).
+//
+// Save: every rank snapshots its slice under the step mutex (Start) and
+// writes it in the background into <root>/.tmp-ckpt-<step>-cluster/. A rank
+// other than 0 reports its shard (or its error) to rank 0 through the
+// rendezvous store; rank 0 writes the manifest and commits only when every
+// rank has reported success, then applies retention. At most one save is in
+// flight per rank; the destructor waits for it.
+//
+// Restore: at Register, the newest checkpoint that verifies and matches the
+// model (or the one named) is loaded: the rank's slice of master and moments
+// from whichever shard files hold it (any old world size), and the full
+// params into P.
+//
+// Threads: Start and Restore are called under the server's step mutex;
+// status() from anywhere.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/checkpoint/snapshot_saver.h"
+#include "server/rendezvous/kv_store.h"
+#include "server/state/model_state.h"
+
+namespace sherd {
+
+struct CheckpointOptions {
+  std::string root;       // empty: checkpoints off
+  int every = 0;          // save after every K-th step (0: only on request)
+  int keep = 3;           // committed checkpoints kept
+  std::string restore = "newest";  // "newest", "none" or a checkpoint name
+  absl::Duration report_timeout = absl::Minutes(10);
+};
+
+struct RestoredState {
+  std::string name;
+  int64_t step = 0;
+  std::map<std::string, int64_t> counters;
+};
+
+class Checkpointer {
+ public:
+  Checkpointer(CheckpointOptions options, int rank, int world_size);
+  ~Checkpointer();
+
+  const CheckpointOptions& options() const { return options_; }
+  // Rank 0 at start: creates the root and removes leftovers of saves that
+  // never committed.
+  absl::Status Prepare();
+  // Where ranks other than 0 report (rank 0's store); unset with one rank.
+  void SetReportStore(std::shared_ptr<KvStore> store);
+
+  // Snapshots the slice of `model` at `step` and saves it in the background.
+  // FAILED_PRECONDITION while a save is in flight.
+  absl::Status Start(const ModelState& model, int64_t step,
+                     std::map<std::string, int64_t> counters);
+
+  struct Status {
+    bool in_flight = false;
+    int64_t step = 0;
+    int64_t bytes_written = 0;
+    int64_t bytes_total = 0;
+    int64_t last_committed_step = 0;
+    std::string last_committed;  // name
+    std::string last_error;
+  };
+  Status status() const;
+  // Waits until no save is in flight here (written, reported and, on rank
+  // 0, committed or aborted); false if the timeout passed first.
+  bool WaitIdle(absl::Duration timeout);
+
+  // Loads per options().restore into `model`; nullopt when there is nothing
+  // to restore (no checkpoint, or restore = none).
+  absl::StatusOr<std::optional<RestoredState>> Restore(ModelState& model);
+
+ private:
+  void Finish(const ModelSpec& spec, int64_t step, std::string dir,
+              std::map<std::string, int64_t> counters,
+              const absl::StatusOr<ShardInfo>& shard);
+  absl::Status Commit(const ModelSpec& spec, int64_t step, const std::string& dir,
+                      std::map<std::string, int64_t> counters, ShardInfo own);
+
+  const CheckpointOptions options_;
+  const int rank_;
+  const int world_size_;
+  mutable absl::Mutex mu_;
+  std::shared_ptr<KvStore> store_ ABSL_GUARDED_BY(mu_);
+  int64_t step_ ABSL_GUARDED_BY(mu_) = 0;
+  bool committing_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t last_committed_step_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string last_committed_ ABSL_GUARDED_BY(mu_);
+  std::string last_error_ ABSL_GUARDED_BY(mu_);
+  SnapshotSaver saver_;  // last: destroyed (and waited for) first
+};
+
+}  // namespace sherd

@@ -1,0 +1,197 @@
+// Checkpoints through real servers: save on W ranks, restore on W' ranks,
+// continue bit-identically; sherdctl's checkpoint commands; a corrupt
+// checkpoint is refused, never loaded.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "client/client.h"
+#include "tests/testing/process.h"
+
+namespace sherd {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::ClusterProcess;
+using testing::RunProgram;
+
+ModelDef Model() {
+  return ModelDef{.name = "ck",
+                  .tensors = {{"a", {50, 21}, ""}, {"b", {13}, "nd"}, {"c", {301}, ""}},
+                  .groups = {{.name = "nd", .weight_decay = 0.0f}}};
+}
+
+// Identical on every rank, so the mean is exact for any power-of-two W and
+// runs on 2 and 4 ranks must agree bit for bit.
+float Grad(int step, size_t i) { return std::sin(0.3 * i + step) * 0.5f; }
+
+class Trainers {
+ public:
+  Trainers(ClusterProcess& cluster, int world) {
+    clients_.resize(world);
+    ForEach([&](int r, std::unique_ptr<Client>& c) {
+      auto made = Client::Connect(cluster.address(r));
+      ASSERT_TRUE(made.ok()) << made.status();
+      c = std::move(*made);
+      auto info = c->Register(Model());
+      ASSERT_TRUE(info.ok()) << info.status();
+      infos_.push_back(*info);
+      if (!info->initialized) {
+        size_t k = 0;
+        for (const auto& t : Model().tensors)
+          for (float& x : c->Param(t.name)) x = std::cos(0.1 * k++);
+        ASSERT_TRUE(c->InitParams().ok());
+      }
+    });
+  }
+  void Steps(int until) {
+    ForEach([&](int, std::unique_ptr<Client>& c) {
+      while (c->next_step() <= until) {
+        const int s = static_cast<int>(c->next_step());
+        size_t k = 0;
+        for (const auto& t : Model().tensors)
+          for (float& g : c->Grad(t.name)) g = Grad(s, k++);
+        auto r = c->Step({.lr = 0.01f});
+        ASSERT_TRUE(r.ok()) << r.status();
+      }
+    });
+  }
+  std::vector<float> Params() {
+    std::vector<float> out;
+    for (const auto& t : Model().tensors) {
+      auto p = clients_[0]->Param(t.name);
+      out.insert(out.end(), p.begin(), p.end());
+    }
+    return out;
+  }
+  Client& client(int r) { return *clients_[r]; }
+
+ private:
+  template <typename F>
+  void ForEach(F fn) {
+    std::vector<std::thread> ts;
+    for (size_t r = 0; r < clients_.size(); ++r)
+      ts.emplace_back([&, r] { fn(static_cast<int>(r), clients_[r]); });
+    for (auto& t : ts) t.join();
+  }
+  std::vector<std::unique_ptr<Client>> clients_;
+  std::vector<RegisterInfo> infos_;
+};
+
+class CheckpointTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("sherd-ckpt-test-" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::vector<std::string> Flags(std::string restore) {
+    return {"--checkpoint-dir", dir_.string(), "--restore", restore};
+  }
+  fs::path dir_;
+};
+
+TEST_F(CheckpointTest, SaveOnTwoRanksRestoreOnFourContinuesIdentically) {
+  std::vector<float> at6, continued;
+  {
+    auto cluster = ClusterProcess::Start(2, Flags("newest"));
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    Trainers t(*cluster, 2);
+    t.Steps(6);
+    at6 = t.Params();
+    auto save = RunProgram({SHERDCTL_BIN, "--server", cluster->address(1), "checkpoint", "save"});
+    ASSERT_EQ(save.code, 0) << save.out;
+    EXPECT_NE(save.out.find("committed ckpt-000000000006"), std::string::npos) << save.out;
+    t.Steps(10);
+    continued = t.Params();
+    EXPECT_TRUE(cluster->Stop());
+  }
+  auto list = RunProgram({SHERDCTL_BIN, "checkpoint", "list", "--dir", dir_.string()});
+  EXPECT_EQ(list.code, 0);
+  EXPECT_NE(list.out.find("ckpt-000000000006  6"), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("yes"), std::string::npos) << list.out;
+
+  auto cluster = ClusterProcess::Start(4, Flags("ckpt-000000000006"));
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Trainers t(*cluster, 4);
+  EXPECT_EQ(t.client(3).next_step(), 7);
+  EXPECT_EQ(t.Params(), at6);  // P restored bit for bit
+  t.Steps(10);
+  EXPECT_EQ(t.Params(), continued);  // and training continues identically
+  auto status = RunProgram({SHERDCTL_BIN, "--server", cluster->address(0), "checkpoint", "status"});
+  EXPECT_NE(status.out.find("ckpt-000000000006"), std::string::npos) << status.out;
+  EXPECT_TRUE(cluster->Stop());
+}
+
+TEST_F(CheckpointTest, EveryKStepsTrainerTriggeredAndOfflineTools) {
+  {
+    auto cluster = ClusterProcess::Start(
+        2, {"--checkpoint-dir", dir_.string(), "--checkpoint-every", "4", "--checkpoint-keep", "2"});
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    Trainers t(*cluster, 2);
+    t.Steps(8);
+    // Shutdown waits for the save in flight, so after Stop both are there.
+    EXPECT_TRUE(cluster->Stop());
+  }
+  EXPECT_TRUE(fs::exists(dir_ / "ckpt-000000000004"));
+  EXPECT_TRUE(fs::exists(dir_ / "ckpt-000000000008"));
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    EXPECT_EQ(e.path().filename().string().rfind(".tmp", 0), std::string::npos) << e.path();
+  }
+  auto verify = RunProgram({SHERDCTL_BIN, "checkpoint", "verify", "--dir", dir_.string(),
+                            "ckpt-000000000008"});
+  EXPECT_EQ(verify.code, 0) << verify.out;
+  auto inspect = RunProgram({SHERDCTL_BIN, "checkpoint", "inspect", "--dir", dir_.string(),
+                             "ckpt-000000000008", "b", "--state", "exp_avg_sq"});
+  EXPECT_EQ(inspect.code, 0) << inspect.out;
+  EXPECT_NE(inspect.out.find("b [13] exp_avg_sq at step 8"), std::string::npos) << inspect.out;
+  const std::string out = (dir_ / "params.safetensors").string();
+  auto exported = RunProgram({SHERDCTL_BIN, "checkpoint", "export", "--dir", dir_.string(),
+                              "ckpt-000000000008", out});
+  EXPECT_EQ(exported.code, 0) << exported.out;
+  ASSERT_TRUE(fs::exists(out));
+  EXPECT_GT(fs::file_size(out), (1050 + 13 + 301) * 4u);
+}
+
+TEST_F(CheckpointTest, CorruptCheckpointIsRefusedNotLoaded) {
+  {
+    auto cluster = ClusterProcess::Start(1, Flags("newest"));
+    ASSERT_TRUE(cluster.ok());
+    Trainers t(*cluster, 1);
+    t.Steps(2);
+    auto step = t.client(0).Checkpoint();
+    ASSERT_TRUE(step.ok()) << step.status();
+    EXPECT_EQ(*step, 2);
+    EXPECT_TRUE(cluster->Stop());
+  }
+  fs::path shard;
+  for (const auto& e : fs::directory_iterator(dir_ / "ckpt-000000000002")) {
+    if (e.path().extension() == ".shard") shard = e.path();
+  }
+  ASSERT_FALSE(shard.empty());
+  {
+    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(shard) / 2));
+    char c;
+    f.read(&c, 1);
+    f.seekp(-1, std::ios::cur);
+    c ^= 0x40;
+    f.write(&c, 1);
+  }
+  auto cluster = ClusterProcess::Start(1, Flags("newest"));
+  ASSERT_TRUE(cluster.ok());
+  auto c = Client::Connect(cluster->address(0));
+  ASSERT_TRUE(c.ok());
+  auto reg = (*c)->Register(Model());
+  EXPECT_EQ(reg.status().code(), absl::StatusCode::kDataLoss) << reg.status();
+  EXPECT_NE(reg.status().message().find(shard.filename().string()), std::string::npos)
+      << reg.status();
+  auto verify = RunProgram({SHERDCTL_BIN, "checkpoint", "verify", shard.parent_path().string()});
+  EXPECT_EQ(verify.code, 1);
+  EXPECT_TRUE(cluster->Stop());
+}
+
+}  // namespace
+}  // namespace sherd
