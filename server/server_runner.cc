@@ -40,6 +40,8 @@ absl::Status RunServer(const ServerConfig& config) {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // A peer or client that goes away must fail a write, not kill the server.
+  signal(SIGPIPE, SIG_IGN);
 
   SetLogPrefix(absl::StrCat("server r", config.rank));
   if (config.log_level == "debug") SetLogLevel(LogLevel::kDebug);

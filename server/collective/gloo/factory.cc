@@ -3,8 +3,11 @@
 // doing so becomes a Status here; nothing escapes to the caller.
 #include "server/collective/gloo/factory.h"
 
+#include <signal.h>
+
 #include <chrono>
 #include <exception>
+#include <mutex>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -38,6 +41,12 @@ absl::StatusOr<std::unique_ptr<Collective>> CreateGlooCollective(
     return absl::InvalidArgumentError("CreateGlooCollective: empty hostname");
   }
 
+  // Gloo's TCP pairs write to sockets without MSG_NOSIGNAL: a peer that
+  // dies mid-collective would kill this process with SIGPIPE instead of
+  // failing the call with an I/O error. Every process that uses this backend
+  // therefore ignores SIGPIPE (write then returns EPIPE).
+  static std::once_flag ignore_sigpipe;
+  std::call_once(ignore_sigpipe, [] { signal(SIGPIPE, SIG_IGN); });
   std::string error;
   try {
     gloo::transport::tcp::attr attr;
