@@ -5,6 +5,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/log.h"
 #include "server/collective/gloo/factory.h"
+#include "server/collective/local/factory.h"
 #include "server/rendezvous/peer_client.h"
 
 namespace sherd {
@@ -74,7 +75,15 @@ void ClusterFormation::Start() {
     std::shared_ptr<KvStore> store =
         table->is_coordinator() ? std::shared_ptr<KvStore>(table)
                                 : std::make_shared<RemoteKvStore>(coordinator);
-    finish(CreateGlooCollective(*store, config.rank, config.world_size, gloo), store);
+    absl::StatusOr<std::unique_ptr<Collective>> collective =
+        CreateGlooCollective(*store, config.rank, config.world_size, gloo);
+    if (collective.ok() && config.shm_collectives) {
+      // Ranks on this host reduce and gather through shared memory; the
+      // rest (and every barrier) stays on Gloo.
+      collective = CreateLocalShmCollective(std::move(*collective), store,
+                                            {.prefix = absl::StrCat("shm/", config.cluster_id)});
+    }
+    finish(std::move(collective), store);
   });
 }
 

@@ -83,6 +83,10 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
   app.add_option("--join-timeout", c.join_timeout_s,
                  "Seconds to wait for every rank to join the cluster")
       ->envname("SHERD_JOIN_TIMEOUT")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--shm-collectives", c.shm_collectives,
+                 "Ranks on one host reduce-scatter and all-gather through shared "
+                 "memory instead of loopback TCP (true/false)")
+      ->envname("SHERD_SHM_COLLECTIVES")->capture_default_str();
   app.add_option("--checkpoint-dir", c.checkpoint_dir,
                  "Directory for checkpoints (shared by every rank)")
       ->envname("SHERD_CHECKPOINT_DIR");

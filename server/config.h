@@ -28,6 +28,7 @@ struct ServerConfig {
   std::string cluster_id;        // guards against two jobs sharing a coordinator
   double collective_timeout_s = 60;
   double join_timeout_s = 300;
+  bool shm_collectives = true;     // same-host ranks: collectives via shm
 
   // Checkpoints.
   std::string checkpoint_dir;      // empty: off

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 
 #include "absl/status/status.h"
 
@@ -39,6 +40,14 @@ class Collective {
   virtual absl::Status AllGather(float* buf, int64_t chunk) = 0;
   virtual absl::Status AllReduce(std::span<double> values) = 0;
   virtual absl::Status Barrier() = 0;
+
+  // Tells the backend that `buf` (`bytes` long) is the POSIX shared-memory
+  // object `shm_name`, known to every rank under `key` ("grads", "params").
+  // A backend whose peers share this host may then reduce and gather by
+  // reading the peers' buffers directly. Optional: the default ignores it.
+  // Every rank must advise the same keys in the same order.
+  virtual void AdviseSharedBuffer(const std::string& key, float* buf,
+                                  const std::string& shm_name, size_t bytes) {}
 };
 
 }  // namespace sherd

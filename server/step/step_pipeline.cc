@@ -43,6 +43,12 @@ absl::StatusOr<StepOutcome> RunStep(ModelState& model, Collective& collective,
   const int64_t slice = model.layout().slice_size();
   const int world = collective.world_size();
 
+  // Same-host backends reduce and gather straight from the peers' buffers.
+  collective.AdviseSharedBuffer("grads", model.grads(), model.grads_region().name(),
+                                model.grads_region().size());
+  collective.AdviseSharedBuffer("params", model.params(), model.params_region().name(),
+                                model.params_region().size());
+
   // 1. Reduce-scatter: the owned slice of G becomes the sum over ranks.
   auto t = Clock::now();
   RETURN_IF_ERROR(collective.ReduceScatter(model.grads(), slice));

@@ -31,13 +31,16 @@ float Grad(int rank, int step, size_t i) {
   return std::uniform_real_distribution<float>(-1, 1)(rng) * (1 + rank);
 }
 
-class ClusterExactness : public ::testing::TestWithParam<int> {};
+// (world size, collectives through shared memory or over Gloo's TCP)
+class ClusterExactness : public ::testing::TestWithParam<std::tuple<int, bool>> {};
 
 TEST_P(ClusterExactness, MatchesSingleProcessAdamWOnTheMeanGradient) {
-  const int world = GetParam();
+  const int world = std::get<0>(GetParam());
+  const bool shm = std::get<1>(GetParam());
   const int kSteps = 20;
   const float kLr = 0.01f;
-  auto cluster = ClusterProcess::Start(world, {"--collective-timeout", "30"});
+  auto cluster = ClusterProcess::Start(
+      world, {"--collective-timeout", "30", "--shm-collectives", shm ? "true" : "false"});
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   std::vector<std::vector<float>> finals(world);
   std::vector<std::thread> trainers;
@@ -104,7 +107,15 @@ TEST_P(ClusterExactness, MatchesSingleProcessAdamWOnTheMeanGradient) {
   EXPECT_TRUE(cluster->Stop());
 }
 
-INSTANTIATE_TEST_SUITE_P(WorldSizes, ClusterExactness, ::testing::Values(1, 2, 3, 4));
+INSTANTIATE_TEST_SUITE_P(
+    WorldSizes, ClusterExactness,
+    ::testing::Values(std::make_tuple(1, true), std::make_tuple(2, true), std::make_tuple(3, true),
+                      std::make_tuple(4, true), std::make_tuple(2, false),
+                      std::make_tuple(3, false), std::make_tuple(4, false)),
+    [](const auto& info) {
+      return "W" + std::to_string(std::get<0>(info.param)) +
+             (std::get<1>(info.param) ? "_shm" : "_gloo");
+    });
 
 }  // namespace
 }  // namespace sherd
