@@ -88,9 +88,11 @@ def step_section(a_by_n):
             series.setdefault(f"sherd W={w}", []).append((n, s["step_ms"]))
             if z:
                 series.setdefault(f"torch ZeRO-1 W={w}", []).append((n, z))
-            lines.append(f"| {n // MI} Mi | {w} | {s['step_ms']:.1f} | {s['reduce_scatter_ms']:.1f} | {s['norm_ms']:.1f} | "
-                         f"{s['optimizer_ms']:.1f} | {s['all_gather_ms']:.1f} | {f'{z:.1f}' if z else '-'} | "
-                         f"{f'{z / s['step_ms']:.2f}x' if z else '-'} | {s['server_rss_anon'] / MI:.0f} | {s['ideal_state_bytes'] / MI:.0f} |")
+            zs = f"{z:.1f}" if z else "-"
+            ratio = f"{z / s['step_ms']:.2f}x" if z else "-"
+            lines.append(f"| {n // MI} Mi | {w} | {s['step_ms']:.1f} | {s['reduce_scatter_ms']:.1f} | "
+                         f"{s['norm_ms']:.1f} | {s['optimizer_ms']:.1f} | {s['all_gather_ms']:.1f} | {zs} | "
+                         f"{ratio} | {s['server_rss_anon'] / MI:.0f} | {s['ideal_state_bytes'] / MI:.0f} |")
     lines.append("")
     return lines, series
 

@@ -5,14 +5,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MIB=${1:-64}
 PORT=$((20000 + RANDOM % 20000))
-iperf3 -s -1 -p "$PORT" >/dev/null 2>&1 &
+iperf3 -s -p "$PORT" >/dev/null 2>&1 &
 srv=$!
-# iperf3's server is listening once a client connect succeeds; retry briefly.
+trap 'kill $srv 2>/dev/null || true' EXIT
+# The server is up once a client's connect succeeds; retry briefly.
+out=""
 for _ in $(seq 50); do
   if out=$(iperf3 -c 127.0.0.1 -p "$PORT" -n "$((MIB * 16))M" -J 2>/dev/null); then break; fi
-  sleep 0.1
+  out=""
+  sleep 0.2
 done
-wait "$srv" 2>/dev/null || true
+kill "$srv" 2>/dev/null || true
+[[ -n $out ]] || { echo "iperf3 on loopback failed" >&2; exit 1; }
 tcp=$(python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["end"]["sum_received"]["bits_per_second"]/8e9)' <<<"$out")
 dp=$(build/bench/dataplane_bench --mib "$MIB" --json)
 python3 - "$dp" "$tcp" <<'PYEOF'
