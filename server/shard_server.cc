@@ -397,6 +397,7 @@ absl::Status ShardServer::WriteChunk(const v1::DataChunk& chunk) {
         ") is outside the buffer of ", total, " elements"));
   }
   std::memcpy(base + chunk.offset(), data.data(), data.size());
+  inline_bytes_received_.fetch_add(static_cast<int64_t>(data.size()), std::memory_order_relaxed);
   return absl::OkStatus();
 }
 
@@ -423,6 +424,8 @@ absl::Status ShardServer::ReadRange(
     out.set_offset(off);
     out.set_data(reinterpret_cast<const char*>(base + off), n * sizeof(float));
     if (!sink(out)) return absl::CancelledError("fetch cancelled by the client");
+    inline_bytes_sent_.fetch_add(n * static_cast<int64_t>(sizeof(float)),
+                                 std::memory_order_relaxed);
   }
   return absl::OkStatus();
 }

@@ -105,6 +105,8 @@ class ShardServer {
   const ServerOptions options_;
   const absl::Time started_;
   std::atomic<bool> healthy_{true};
+  std::atomic<int64_t> inline_bytes_received_{0};
+  std::atomic<int64_t> inline_bytes_sent_{0};
 
   mutable absl::Mutex model_mu_;  // guards the pointer only
   std::shared_ptr<ModelState> model_ ABSL_GUARDED_BY(model_mu_);

@@ -47,6 +47,8 @@ v1::StatusResponse ShardServer::Status() const {
   r.set_world_size(options_.world_size);
   r.set_version(SHERD_VERSION);
   r.set_uptime_s(absl::ToDoubleSeconds(absl::Now() - started_));
+  r.set_inline_bytes_received(inline_bytes_received_.load(std::memory_order_relaxed));
+  r.set_inline_bytes_sent(inline_bytes_sent_.load(std::memory_order_relaxed));
   std::shared_ptr<ModelState> m = model();
   if (!healthy()) {
     r.set_health("NOT_SERVING");

@@ -115,6 +115,14 @@ int RunStatus(const GlobalOptions& g) {
            StepSummary(r)});
   }
   std::fputs(t.Render().c_str(), stdout);
+  int64_t in = 0, out = 0;
+  for (size_t r = 0; r < replies.size(); ++r) {
+    if (!errors[r].ok()) continue;
+    in += replies[r].inline_bytes_received();
+    out += replies[r].inline_bytes_sent();
+  }
+  std::printf("inline data plane: %s received, %s sent (shared-memory trainers copy nothing)\n",
+              HumanBytes(in).c_str(), HumanBytes(out).c_str());
   if (bad > 0) std::printf("%d of %d ranks not serving\n", bad, cluster->world_size());
   return 0;
 }

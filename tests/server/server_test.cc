@@ -119,6 +119,23 @@ TEST_F(ServerTest, SharedMemoryStepsMatchFloat64AdamW) {
   }
 }
 
+// The admin view of the data plane: what crossed gRPC.
+std::pair<int64_t, int64_t> InlineBytes(const std::string& address) {
+  auto r = testing::RunProgram({SHERDCTL_BIN, "--server", address, "--json", "status"});
+  auto field = [&](const std::string& name) -> int64_t {
+    size_t p = r.out.find("\"" + name + "\":\"");
+    return p == std::string::npos ? 0 : std::stoll(r.out.substr(p + name.size() + 4));
+  };
+  return {field("inline_bytes_received"), field("inline_bytes_sent")};
+}
+
+TEST_F(ServerTest, SharedMemoryStepsCopyNothingThroughTheServer) {
+  auto c = Connect(server_->address());
+  Train(*c, 5, 0.01f);
+  ASSERT_TRUE(c->shared_memory());
+  EXPECT_EQ(InlineBytes(server_->address()), std::make_pair(int64_t{0}, int64_t{0}));
+}
+
 TEST_F(ServerTest, InlinePathGivesIdenticalResults) {
   auto shm = Connect(server_->address(), true);
   std::vector<float> a = Train(*shm, 10, 0.01f);
@@ -127,6 +144,9 @@ TEST_F(ServerTest, InlinePathGivesIdenticalResults) {
   auto remote = Connect(other->address(), false);
   std::vector<float> b = Train(*remote, 10, 0.01f);
   EXPECT_FALSE(remote->shared_memory());
+  auto [in, out] = InlineBytes(other->address());
+  EXPECT_GE(in, 10 * 128 * 4);  // each step pushes G (128 padded floats)
+  EXPECT_GE(out, 10 * 128 * 4);  // and fetches P
   ASSERT_EQ(a.size(), b.size());
   EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
   EXPECT_EQ(*other->Stop(), 0);
