@@ -5,6 +5,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <signal.h>
 #include <thread>
 
 #include "client/client.h"
@@ -191,6 +193,66 @@ TEST_F(CheckpointTest, CorruptCheckpointIsRefusedNotLoaded) {
   auto verify = RunProgram({SHERDCTL_BIN, "checkpoint", "verify", shard.parent_path().string()});
   EXPECT_EQ(verify.code, 1);
   EXPECT_TRUE(cluster->Stop());
+}
+
+}  // namespace
+}  // namespace sherd
+
+namespace sherd {
+namespace {
+
+// SIGKILL a server while it saves: on restart the leftovers are gone and it
+// restores the newest complete checkpoint, whose params are exactly those
+// the trainer saw after that step.
+TEST(CheckpointCrash, ServerKilledMidSaveRestoresTheLastCompleteCheckpoint) {
+  const fs::path dir = fs::temp_directory_path() / ("sherd-ckpt-kill-" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  const ModelDef model{.name = "big", .tensors = {{"w", {1 << 22}, ""}}};  // 48 MiB of state
+  std::map<int64_t, std::vector<float>> seen;  // params after each step
+  {
+    auto s = testing::ServerProcess::Start({"--checkpoint-dir", dir.string()});
+    ASSERT_TRUE(s.ok()) << s.status();
+    auto c = Client::Connect(s->address());
+    ASSERT_TRUE(c.ok());
+    ASSERT_TRUE((*c)->Register(model).ok());
+    for (float& x : (*c)->Param("w")) x = 1.0f;
+    ASSERT_TRUE((*c)->InitParams().ok());
+    for (int step = 1; step <= 6; ++step) {
+      for (float& g : (*c)->Grad("w")) g = 0.01f * step;
+      ASSERT_TRUE((*c)->Step({.lr = 0.01f}).ok());
+      auto p = (*c)->Param("w");
+      seen[step].assign(p.begin(), p.begin() + 1024);
+      if (step == 2) {  // one complete checkpoint (sherdctl waits for the commit)
+        auto save = testing::RunProgram({SHERDCTL_BIN, "--server", s->address(), "checkpoint", "save"});
+        ASSERT_EQ(save.code, 0) << save.out;
+      } else if (step > 2) {
+        (void)(*c)->Checkpoint();  // refused while the previous one is in flight
+      }
+    }
+    s->process().Signal(SIGKILL);  // the last save is almost surely in flight
+    ASSERT_TRUE(s->process().Wait(absl::Seconds(10)).ok());
+  }
+  auto s = testing::ServerProcess::Start({"--checkpoint-dir", dir.string()});
+  ASSERT_TRUE(s.ok()) << s.status();
+  for (const auto& e : fs::directory_iterator(dir)) {
+    EXPECT_EQ(e.path().filename().string().rfind(".tmp", 0), std::string::npos)
+        << "leftover survived a restart: " << e.path();
+  }
+  auto c = Client::Connect(s->address());
+  ASSERT_TRUE(c.ok());
+  auto info = (*c)->Register(model);
+  ASSERT_TRUE(info.ok()) << info.status();
+  ASSERT_TRUE(info->initialized);
+  const int64_t step = info->next_step - 1;
+  EXPECT_GE(step, 2);
+  ASSERT_TRUE(seen.count(step)) << step;
+  auto p = (*c)->Param("w");
+  EXPECT_EQ(std::vector<float>(p.begin(), p.begin() + 1024), seen[step]) << "step " << step;
+  auto list = testing::RunProgram({SHERDCTL_BIN, "checkpoint", "list", "--dir", dir.string()});
+  EXPECT_EQ(list.code, 0);
+  EXPECT_EQ(list.out.find("DATA_LOSS"), std::string::npos) << list.out;
+  EXPECT_EQ(*s->Stop(), 0);
+  fs::remove_all(dir);
 }
 
 }  // namespace
