@@ -14,7 +14,7 @@ PKGS=(
 )
 # Extra packages only the benchmarks and fixture generation need.
 if [[ "${1:-}" == "--bench" ]]; then
-  PKGS+=(iperf3 python3-torch python3-matplotlib python3-venv)
+  PKGS+=(iperf3 time python3-torch python3-matplotlib python3-venv)
 fi
 
 missing=()
