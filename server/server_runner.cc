@@ -42,6 +42,9 @@ absl::Status RunServer(const ServerConfig& config) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   // A peer or client that goes away must fail a write, not kill the server.
   signal(SIGPIPE, SIG_IGN);
+  // A file-size limit reached while saving a checkpoint must fail the save
+  // (EFBIG), not kill the server.
+  signal(SIGXFSZ, SIG_IGN);
 
   SetLogPrefix(absl::StrCat("server r", config.rank));
   if (config.log_level == "debug") SetLogLevel(LogLevel::kDebug);

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <map>
 #include <signal.h>
+#include <unistd.h>
 #include <thread>
 
 #include "client/client.h"
@@ -251,6 +252,49 @@ TEST(CheckpointCrash, ServerKilledMidSaveRestoresTheLastCompleteCheckpoint) {
   auto list = testing::RunProgram({SHERDCTL_BIN, "checkpoint", "list", "--dir", dir.string()});
   EXPECT_EQ(list.code, 0);
   EXPECT_EQ(list.out.find("DATA_LOSS"), std::string::npos) << list.out;
+  EXPECT_EQ(*s->Stop(), 0);
+  fs::remove_all(dir);
+}
+
+// A disk that fills during a save (here: a file-size limit on the server
+// process) fails that save cleanly; training goes on and the previous
+// checkpoint still verifies.
+TEST(CheckpointCrash, FullDiskFailsTheSaveNotTraining) {
+  if (access("/usr/bin/prlimit", X_OK) != 0) GTEST_SKIP() << "prlimit (util-linux) not installed";
+  const fs::path dir = fs::temp_directory_path() / ("sherd-ckpt-full-" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  const ModelDef small{.name = "s", .tensors = {{"w", {1000}, ""}}};
+  {  // A first, small checkpoint fits.
+    auto s = testing::ServerProcess::Start({"--checkpoint-dir", dir.string()}, "127.0.0.1:0",
+                                           {"/usr/bin/prlimit", "--fsize=600000"});
+    ASSERT_TRUE(s.ok()) << s.status();
+    auto c = Client::Connect(s->address());
+    ASSERT_TRUE((*c)->Register(small).ok());
+    ASSERT_TRUE((*c)->InitParams().ok());
+    ASSERT_TRUE((*c)->Step({.lr = 0.01f}).ok());
+    auto save = testing::RunProgram({SHERDCTL_BIN, "--server", s->address(), "checkpoint", "save"});
+    ASSERT_EQ(save.code, 0) << save.out;
+    EXPECT_EQ(*s->Stop(), 0);
+  }
+  // A model whose buffers (4 B x 100k each) fit under the 600 kB limit but
+  // whose shard (12 B x 100k) does not.
+  const ModelDef big{.name = "b", .tensors = {{"w", {100000}, ""}}};
+  auto s = testing::ServerProcess::Start({"--checkpoint-dir", dir.string(), "--restore", "none"},
+                                         "127.0.0.1:0", {"/usr/bin/prlimit", "--fsize=600000"});
+  ASSERT_TRUE(s.ok()) << s.status();
+  auto c = Client::Connect(s->address());
+  ASSERT_TRUE((*c)->Register(big).ok());
+  ASSERT_TRUE((*c)->InitParams().ok());
+  ASSERT_TRUE((*c)->Step({.lr = 0.01f}).ok());
+  auto save = testing::RunProgram({SHERDCTL_BIN, "--server", s->address(), "checkpoint", "save"});
+  EXPECT_EQ(save.code, 1) << save.out;  // the save failed, with a message
+  ASSERT_TRUE((*c)->Step({.lr = 0.01f}).ok());  // training continues
+  for (const auto& e : fs::directory_iterator(dir)) {
+    EXPECT_EQ(e.path().filename().string().rfind(".tmp", 0), std::string::npos) << e.path();
+  }
+  auto verify = testing::RunProgram(
+      {SHERDCTL_BIN, "checkpoint", "verify", "--dir", dir.string(), "ckpt-000000000001"});
+  EXPECT_EQ(verify.code, 0) << verify.out;
   EXPECT_EQ(*s->Stop(), 0);
   fs::remove_all(dir);
 }

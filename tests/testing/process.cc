@@ -136,9 +136,11 @@ RunResult RunProgram(std::vector<std::string> argv, absl::Duration timeout) {
 }
 
 absl::StatusOr<ServerProcess> ServerProcess::Start(std::vector<std::string> flags,
-                                                   std::string listen) {
-  std::vector<std::string> argv = {SHERD_SERVER_BIN, "--listen", listen,
-                                   "--address-file", "-", "--log-level", "warning"};
+                                                   std::string listen,
+                                                   std::vector<std::string> wrapper) {
+  std::vector<std::string> argv = wrapper;
+  argv.insert(argv.end(), {SHERD_SERVER_BIN, "--listen", listen, "--address-file", "-",
+                           "--log-level", "warning"});
   argv.insert(argv.end(), flags.begin(), flags.end());
   auto p = Process::Start(argv);
   if (!p.ok()) return p.status();

@@ -52,8 +52,11 @@ RunResult RunProgram(std::vector<std::string> argv, absl::Duration timeout = abs
 // A sherd-server on a loopback port (or unix socket), ready to serve.
 class ServerProcess {
  public:
+  // `wrapper` (e.g. {"/usr/bin/prlimit", "--fsize=1000000"}) runs the
+  // server under another program.
   static absl::StatusOr<ServerProcess> Start(std::vector<std::string> flags = {},
-                                             std::string listen = "127.0.0.1:0");
+                                             std::string listen = "127.0.0.1:0",
+                                             std::vector<std::string> wrapper = {});
   const std::string& address() const { return address_; }
   Process& process() { return process_; }
   // SIGTERM and wait; returns the exit code.
