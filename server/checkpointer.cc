@@ -184,10 +184,11 @@ Checkpointer::Status Checkpointer::status() const {
   return s;
 }
 
-absl::StatusOr<std::optional<RestoredState>> Checkpointer::Restore(ModelState& model) {
-  if (options_.restore == "none") return std::optional<RestoredState>();
+absl::StatusOr<std::optional<RestoredState>> Checkpointer::Load(const ModelState& model,
+                                                                const std::string& which) {
+  if (which == "none") return std::optional<RestoredState>();
   absl::StatusOr<CheckpointReader> reader;
-  if (options_.restore == "newest") {
+  if (which == "newest") {
     absl::StatusOr<LoadableCheckpoint> found = FindNewestLoadable(options_.root, model.spec());
     if (absl::IsNotFound(found.status())) return std::optional<RestoredState>();
     if (!found.ok()) return found.status();
@@ -196,25 +197,41 @@ absl::StatusOr<std::optional<RestoredState>> Checkpointer::Restore(ModelState& m
     }
     reader = std::move(found->reader);
   } else {
-    reader = CheckpointReader::Open(absl::StrCat(options_.root, "/", options_.restore));
+    if (which.find('/') != std::string::npos || which.rfind("ckpt-", 0) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "'", which, "' is not a checkpoint name (ckpt-...), newest or none"));
+    }
+    reader = CheckpointReader::Open(absl::StrCat(options_.root, "/", which));
     if (!reader.ok()) return reader.status();
     RETURN_IF_ERROR(reader->Verify());
   }
   RETURN_IF_ERROR(reader->CheckModel(model.spec()));
-  RETURN_IF_ERROR(reader->LoadSlice(model.layout(), model.rank(), model.master(),
-                                    model.exp_avg(), model.exp_avg_sq()));
+  RestoredState r;
+  const int64_t slice = model.layout().slice_size();
+  r.master.assign(slice, 0.0f);
+  r.exp_avg.assign(slice, 0.0f);
+  r.exp_avg_sq.assign(slice, 0.0f);
+  r.params.assign(model.layout().total(), 0.0f);
+  RETURN_IF_ERROR(reader->LoadSlice(model.layout(), model.rank(), r.master.data(),
+                                    r.exp_avg.data(), r.exp_avg_sq.data()));
   // The trainer's full params, straight from the files: no collective needed.
   const Range saved_all{0, std::min(model.layout().total(), reader->manifest().layout.total())};
-  RETURN_IF_ERROR(reader->LoadRange(saved_all, model.params(), nullptr, nullptr));
-  RestoredState r;
+  RETURN_IF_ERROR(reader->LoadRange(saved_all, r.params.data(), nullptr, nullptr));
   r.step = reader->manifest().step;
   r.counters = reader->manifest().counters;
   std::string dir = reader->manifest_path();
   dir = dir.substr(0, dir.rfind('/'));
   r.name = dir.substr(dir.rfind('/') + 1);
-  SHERD_LOG(Info, "restored %s (saved on %d ranks) into rank %d of %d", r.name,
+  SHERD_LOG(Info, "loaded %s (saved on %d ranks) for rank %d of %d", r.name,
             reader->manifest().world_size, rank_, world_size_);
   return std::optional<RestoredState>(std::move(r));
+}
+
+void Checkpointer::Apply(const RestoredState& s, ModelState& model) {
+  std::memcpy(model.master(), s.master.data(), s.master.size() * sizeof(float));
+  std::memcpy(model.exp_avg(), s.exp_avg.data(), s.exp_avg.size() * sizeof(float));
+  std::memcpy(model.exp_avg_sq(), s.exp_avg_sq.data(), s.exp_avg_sq.size() * sizeof(float));
+  std::memcpy(model.params(), s.params.data(), s.params.size() * sizeof(float));
 }
 
 }  // namespace sherd

@@ -22,6 +22,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -41,10 +42,14 @@ struct CheckpointOptions {
   absl::Duration report_timeout = absl::Minutes(10);
 };
 
+// A checkpoint read and verified into memory, not yet applied: loading
+// stages everything first so that applying cannot fail half-way.
 struct RestoredState {
   std::string name;
   int64_t step = 0;
   std::map<std::string, int64_t> counters;
+  std::vector<float> master, exp_avg, exp_avg_sq;  // this rank's slice
+  std::vector<float> params;                       // the full P
 };
 
 class Checkpointer {
@@ -78,9 +83,12 @@ class Checkpointer {
   // 0, committed or aborted); false if the timeout passed first.
   bool WaitIdle(absl::Duration timeout);
 
-  // Loads per options().restore into `model`; nullopt when there is nothing
-  // to restore (no checkpoint, or restore = none).
-  absl::StatusOr<std::optional<RestoredState>> Restore(ModelState& model);
+  // Reads `which` ("newest", "none" or a checkpoint name) for `model`'s
+  // layout into memory; nullopt when there is nothing to restore.
+  absl::StatusOr<std::optional<RestoredState>> Load(const ModelState& model,
+                                                    const std::string& which);
+  // Copies a loaded state into the model (master, moments, P). Cannot fail.
+  static void Apply(const RestoredState& state, ModelState& model);
 
  private:
   void Finish(const ModelSpec& spec, int64_t step, std::string dir,

@@ -149,6 +149,57 @@ bool ShardServer::WaitForCheckpoint(absl::Duration timeout) {
   return checkpointer_ == nullptr || checkpointer_->WaitIdle(timeout);
 }
 
+absl::StatusOr<v1::CheckpointRestoreResponse> ShardServer::RestoreCheckpoint(
+    const v1::CheckpointRestoreRequest& req) {
+  absl::MutexLock step_lock(&step_mu_);
+  ASSIGN_OR_RETURN(std::shared_ptr<ModelState> m, RequireModel());
+  if (checkpointer_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "checkpoints are off: start the server with --checkpoint-dir");
+  }
+  v1::CheckpointRestoreResponse resp;
+  switch (req.phase()) {
+    case v1::CheckpointRestoreRequest::PREPARE: {
+      if (checkpointer_->status().in_flight) {
+        return absl::FailedPreconditionError("a checkpoint save is in flight");
+      }
+      staged_restore_.reset();
+      ASSIGN_OR_RETURN(std::optional<RestoredState> loaded,
+                       checkpointer_->Load(*m, req.name().empty() ? "newest" : req.name()));
+      if (!loaded) return absl::NotFoundError("no checkpoint to restore");
+      staged_restore_ = std::move(loaded);
+      break;
+    }
+    case v1::CheckpointRestoreRequest::COMMIT: {
+      if (!staged_restore_ ||
+          (req.name() != "newest" && !req.name().empty() && req.name() != staged_restore_->name)) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("nothing prepared to commit for '", req.name(), "'"));
+      }
+      Checkpointer::Apply(*staged_restore_, *m);
+      absl::MutexLock l(&stats_mu_);
+      initialized_ = true;
+      next_step_ = staged_restore_->step + 1;
+      adam_step_ = staged_restore_->counters["adam_step"];
+      steps_applied_ = staged_restore_->counters["steps_applied"];
+      steps_skipped_ = staged_restore_->counters["steps_skipped"];
+      restored_from_ = staged_restore_->name;
+      recent_.clear();  // responses of steps that no longer happened
+      SHERD_LOG(Info, "restored %s: next step %d", staged_restore_->name, next_step_);
+      break;
+    }
+    case v1::CheckpointRestoreRequest::ABORT:
+      staged_restore_.reset();
+      return resp;
+    default:
+      return absl::InvalidArgumentError("unknown restore phase");
+  }
+  resp.set_step(staged_restore_->step);
+  resp.set_name(staged_restore_->name);
+  if (req.phase() == v1::CheckpointRestoreRequest::COMMIT) staged_restore_.reset();
+  return resp;
+}
+
 v1::CheckpointStatusResponse ShardServer::CheckpointStatus() const {
   v1::CheckpointStatusResponse r;
   r.set_enabled(checkpointer_ != nullptr);
@@ -231,8 +282,10 @@ absl::StatusOr<v1::RegisterResponse> ShardServer::Register(
                                            options_.rank, prefix));
     if (checkpointer_ != nullptr) {
       // A failed restore registers nothing: the state is never a mix.
-      ASSIGN_OR_RETURN(std::optional<RestoredState> restored, checkpointer_->Restore(*m));
+      ASSIGN_OR_RETURN(std::optional<RestoredState> restored,
+                       checkpointer_->Load(*m, options_.checkpoint.restore));
       if (restored) {
+        Checkpointer::Apply(*restored, *m);
         absl::MutexLock l(&stats_mu_);
         initialized_ = true;
         next_step_ = restored->step + 1;

@@ -61,6 +61,8 @@ class ShardServer {
   // Saves this rank's state after its last step (see Checkpointer).
   absl::StatusOr<v1::CheckpointResponse> Checkpoint();
   v1::CheckpointStatusResponse CheckpointStatus() const;
+  absl::StatusOr<v1::CheckpointRestoreResponse> RestoreCheckpoint(
+      const v1::CheckpointRestoreRequest& req);
   // At shutdown, before the services stop: lets a save in flight finish
   // (its reports travel over the peer service). False on timeout.
   bool WaitForCheckpoint(absl::Duration timeout);
@@ -114,6 +116,7 @@ class ShardServer {
   absl::Mutex step_mu_ ABSL_ACQUIRED_BEFORE(model_mu_);
   std::unique_ptr<Collective> collective_ ABSL_GUARDED_BY(step_mu_);
   std::unique_ptr<Checkpointer> checkpointer_;  // null: checkpoints off
+  std::optional<RestoredState> staged_restore_ ABSL_GUARDED_BY(step_mu_);
   std::string restored_from_ ABSL_GUARDED_BY(stats_mu_);
   AdamW optimizer_ ABSL_GUARDED_BY(step_mu_);
 

@@ -110,6 +110,43 @@ int RunCheckpointStatus(const GlobalOptions& g) {
   return 0;
 }
 
+int RunCheckpointRestore(const GlobalOptions& g, const CheckpointOptions& o) {
+  auto cluster = Cluster::Discover(g);
+  if (!cluster.ok()) return Fail(cluster.status());
+  auto call = [&](int rank, v1::CheckpointRestoreRequest::Phase phase,
+                  v1::CheckpointRestoreResponse* r) {
+    v1::CheckpointRestoreRequest req;
+    req.set_name(o.name);
+    req.set_phase(phase);
+    v1::Admin::Stub* stub = cluster->Admin(rank);
+    if (stub == nullptr) return absl::UnavailableError(absl::StrCat("rank ", rank, " has not joined"));
+    return cluster->Call(stub, cluster->ranks()[rank].address,
+                         &v1::Admin::Stub::CheckpointRestore, req, r);
+  };
+  // Phase 1 on every rank: read and verify into memory. Any failure aborts
+  // everywhere, so no rank ever applies a checkpoint the others did not.
+  v1::CheckpointRestoreResponse r;
+  for (const RankEndpoint& e : cluster->ranks()) {
+    absl::Status s = call(e.rank, v1::CheckpointRestoreRequest::PREPARE, &r);
+    if (!s.ok()) {
+      for (const RankEndpoint& a : cluster->ranks()) {
+        v1::CheckpointRestoreResponse ignored;
+        (void)call(a.rank, v1::CheckpointRestoreRequest::ABORT, &ignored);
+      }
+      return Fail(absl::Status(s.code(), absl::StrCat("rank ", e.rank, ": ", s.message(),
+                                                      " (nothing was restored)")));
+    }
+  }
+  for (const RankEndpoint& e : cluster->ranks()) {
+    absl::Status s = call(e.rank, v1::CheckpointRestoreRequest::COMMIT, &r);
+    if (!s.ok()) return Fail(absl::Status(s.code(), absl::StrCat("rank ", e.rank, ": ", s.message())));
+  }
+  std::printf("restored %s (step %lld) on %d rank(s); trainers re-register to continue at step %lld\n",
+              r.name().c_str(), static_cast<long long>(r.step()), cluster->world_size(),
+              static_cast<long long>(r.step() + 1));
+  return 0;
+}
+
 int RunCheckpointList(const GlobalOptions& g, const CheckpointOptions& o) {
   if (o.dir.empty()) return Fail(absl::InvalidArgumentError("--dir is required"));
   auto list = ListCheckpoints(o.dir, {.verify = true});

@@ -20,6 +20,7 @@ struct CheckpointOptions {
 
 int RunCheckpointSave(const GlobalOptions& g, const CheckpointOptions& o);
 int RunCheckpointStatus(const GlobalOptions& g);
+int RunCheckpointRestore(const GlobalOptions& g, const CheckpointOptions& o);
 int RunCheckpointList(const GlobalOptions& g, const CheckpointOptions& o);
 int RunCheckpointVerify(const GlobalOptions& g, const CheckpointOptions& o);
 int RunCheckpointInspect(const GlobalOptions& g, const CheckpointOptions& o);

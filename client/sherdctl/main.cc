@@ -40,6 +40,9 @@ int main(int argc, char** argv) {
   auto* c_save = ckpt->add_subcommand("save", "Save every rank's state after its last step (through the servers)");
   c_save->add_flag("!--no-wait", co.wait, "Return once every rank has started, without waiting for the commit");
   auto* c_status = ckpt->add_subcommand("status", "Each rank's checkpoint state (through the servers)");
+  auto* c_restore = ckpt->add_subcommand(
+      "restore", "Restore a running cluster to a checkpoint (all ranks or none)");
+  c_restore->add_option("NAME", co.name, "Checkpoint name (ckpt-...) or newest")->required();
   auto* c_list = ckpt->add_subcommand("list", "Committed checkpoints in a directory (no server needed)");
   auto* c_verify = ckpt->add_subcommand("verify", "Check every checksum of a checkpoint without loading it");
   auto* c_inspect = ckpt->add_subcommand("inspect", "Statistics of one tensor's saved state");
@@ -58,6 +61,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (*c_save) return sherd::ctl::RunCheckpointSave(g, co);
   if (*c_status) return sherd::ctl::RunCheckpointStatus(g);
+  if (*c_restore) return sherd::ctl::RunCheckpointRestore(g, co);
   if (*c_list) return sherd::ctl::RunCheckpointList(g, co);
   if (*c_verify) return sherd::ctl::RunCheckpointVerify(g, co);
   if (*c_inspect) return sherd::ctl::RunCheckpointInspect(g, co);

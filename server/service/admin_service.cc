@@ -46,4 +46,11 @@ grpc::Status AdminService::CheckpointStatus(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
+grpc::Status AdminService::CheckpointRestore(grpc::ServerContext*,
+                                             const v1::CheckpointRestoreRequest* req,
+                                             v1::CheckpointRestoreResponse* resp) {
+  SHERD_ADMIT_OR_RETURN(inflight_);
+  return Reply(server_.RestoreCheckpoint(*req), resp);
+}
+
 }  // namespace sherd

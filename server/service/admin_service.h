@@ -25,6 +25,9 @@ class AdminService final : public v1::Admin::Service {
   grpc::Status CheckpointStatus(grpc::ServerContext*,
                                 const v1::CheckpointStatusRequest*,
                                 v1::CheckpointStatusResponse* resp) override;
+  grpc::Status CheckpointRestore(grpc::ServerContext*,
+                                 const v1::CheckpointRestoreRequest* req,
+                                 v1::CheckpointRestoreResponse* resp) override;
 
  private:
   ShardServer& server_;

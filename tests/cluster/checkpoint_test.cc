@@ -128,6 +128,41 @@ TEST_F(CheckpointTest, SaveOnTwoRanksRestoreOnFourContinuesIdentically) {
   EXPECT_TRUE(cluster->Stop());
 }
 
+TEST_F(CheckpointTest, RuntimeRestoreRewindsEveryRankAndTrainingReplaysIdentically) {
+  auto cluster = ClusterProcess::Start(2, Flags("none"));
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  std::vector<float> at4, at8;
+  {
+    Trainers t(*cluster, 2);
+    t.Steps(4);
+    at4 = t.Params();
+    auto save = RunProgram({SHERDCTL_BIN, "--server", cluster->address(0), "checkpoint", "save"});
+    ASSERT_EQ(save.code, 0) << save.out;
+    t.Steps(8);
+    at8 = t.Params();
+    // A bad name restores nothing anywhere.
+    auto bad = RunProgram({SHERDCTL_BIN, "--server", cluster->address(0), "checkpoint",
+                           "restore", "ckpt-000000000099"});
+    EXPECT_EQ(bad.code, 1) << bad.out;
+    EXPECT_EQ(t.Params(), at8);
+    auto restore = RunProgram({SHERDCTL_BIN, "--server", cluster->address(1), "checkpoint",
+                               "restore", "ckpt-000000000004"});
+    ASSERT_EQ(restore.code, 0) << restore.out;
+    EXPECT_NE(restore.out.find("continue at step 5"), std::string::npos) << restore.out;
+    EXPECT_EQ(t.Params(), at4);  // P rewound on the trainers' shared buffers
+    // The trainers' old step ids are refused, naming the new expected one.
+    auto stale = t.client(0).Step({.lr = 0.01f});
+    EXPECT_EQ(stale.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_NE(stale.status().message().find("expected step 5"), std::string::npos)
+        << stale.status();
+  }
+  Trainers again(*cluster, 2);  // re-register: next step 5
+  EXPECT_EQ(again.client(0).next_step(), 5);
+  again.Steps(8);
+  EXPECT_EQ(again.Params(), at8);  // replaying steps 5..8 gives the same params
+  EXPECT_TRUE(cluster->Stop());
+}
+
 TEST_F(CheckpointTest, EveryKStepsTrainerTriggeredAndOfflineTools) {
   {
     auto cluster = ClusterProcess::Start(
