@@ -9,6 +9,7 @@
 
 #include "client/client.h"
 #include "sherd/v1/admin.grpc.pb.h"
+#include "tests/testing/inspect.h"
 #include "tests/testing/process.h"
 
 namespace sherd {
@@ -20,16 +21,7 @@ using testing::Process;
 ModelDef Model() { return ModelDef{.name = "f", .tensors = {{"w", {1000}, ""}}}; }
 
 std::vector<float> Master(const std::string& address) {
-  auto stub = v1::Admin::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  v1::InspectRequest req;
-  req.set_name("w");
-  req.set_state(v1::STATE_PARAM);
-  req.set_values(true);
-  req.set_max_values(1000);
-  v1::InspectResponse r;
-  EXPECT_TRUE(stub->Inspect(&ctx, req, &r).ok());
-  return {r.values().begin(), r.values().end()};
+  return testing::MasterValues(address, "w");
 }
 
 TEST(Faults, LostPeerFailsTheStepOnSurvivorsWithoutHangingOrHalfApplying) {

@@ -8,6 +8,7 @@
 
 #include "sherd/v1/admin.grpc.pb.h"
 #include "sherd/v1/trainer.grpc.pb.h"
+#include "tests/testing/inspect.h"
 #include "tests/testing/process.h"
 
 namespace sherd {
@@ -97,17 +98,7 @@ class ProtocolTest : public ::testing::Test {
     EXPECT_TRUE(r->Finish().ok());
     return out;
   }
-  std::vector<float> Params() {  // fp32 master of tensor w, via Inspect
-    grpc::ClientContext ctx;
-    v1::InspectRequest req;
-    req.set_name("w");
-    req.set_state(v1::STATE_PARAM);
-    req.set_values(true);
-    req.set_max_values(1000);
-    v1::InspectResponse r;
-    EXPECT_TRUE(admin_->Inspect(&ctx, req, &r).ok());
-    return {r.values().begin(), r.values().end()};
-  }
+  std::vector<float> Params() { return testing::MasterValues(*admin_, "w"); }
   void RegisterAndInit() {
     ASSERT_TRUE(Register(Model()).ok());
     ASSERT_TRUE(Push(v1::BUFFER_PARAMS, 0, std::vector<float>(100, 0.5f)).ok());
