@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "client/cuda_mapping.h"
 #include "common/grpc_status.h"
 #include "common/shm_region.h"
 #include "common/status_macros.h"
@@ -22,6 +23,9 @@ struct Client::Impl {
   Layout layout;
   RegisterInfo info;
   ShmRegion params_shm, grads_shm;
+  void* params_ipc = nullptr;  // GPU state: mapped device buffers
+  void* grads_ipc = nullptr;
+  int cuda_device = 0;
   std::vector<float> params_local, grads_local;  // inline mode
   float* params = nullptr;
   float* grads = nullptr;
@@ -38,7 +42,40 @@ struct Client::Impl {
   absl::Status Push(v1::BufferKind kind, std::span<const float> data, int64_t offset);
   absl::Status Fetch(v1::BufferKind kind, std::span<float> out, int64_t offset);
   absl::StatusOr<StepResult> Step(const StepOptions& o);
+  absl::Status MapDeviceBuffers(const v1::RegisterResponse& resp);
+  void UnmapDeviceBuffers() {
+    client_internal::CloseCudaBuffer(params_ipc, cuda_device);
+    client_internal::CloseCudaBuffer(grads_ipc, cuda_device);
+    params_ipc = grads_ipc = nullptr;
+  }
+  ~Impl() { UnmapDeviceBuffers(); }
 };
+
+absl::Status Client::Impl::MapDeviceBuffers(const v1::RegisterResponse& resp) {
+  cuda_device = resp.params().cuda_device();
+  absl::StatusOr<void*> p =
+      client_internal::OpenCudaBuffer(resp.params().cuda_ipc_handle(), cuda_device);
+  if (!p.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot map the server's GPU buffers on cuda:", cuda_device,
+        " (is the server on another host? use use_shared_memory = false): ",
+        p.status().message()));
+  }
+  params_ipc = *p;
+  absl::StatusOr<void*> g =
+      client_internal::OpenCudaBuffer(resp.grads().cuda_ipc_handle(), cuda_device);
+  if (!g.ok()) {
+    UnmapDeviceBuffers();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot map the server's GPU grads buffer: ", g.status().message()));
+  }
+  grads_ipc = *g;
+  params = static_cast<float*>(params_ipc);
+  grads = static_cast<float*>(grads_ipc);
+  info.shared_memory = true;
+  info.device_buffers = true;
+  return absl::OkStatus();
+}
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Client::~Client() = default;
@@ -101,8 +138,13 @@ absl::StatusOr<RegisterInfo> Client::Register(const ModelDef& model) {
   }
   d.params_shm.Reset();
   d.grads_shm.Reset();
+  d.UnmapDeviceBuffers();
   d.info.shared_memory = false;
-  if (d.options.use_shared_memory && !resp.params().shm_name().empty()) {
+  d.info.device_buffers = false;
+  d.info.device = resp.device().empty() ? "cpu" : resp.device();
+  if (d.options.use_shared_memory && !resp.params().cuda_ipc_handle().empty()) {
+    RETURN_IF_ERROR(d.MapDeviceBuffers(resp));
+  } else if (d.options.use_shared_memory && !resp.params().shm_name().empty()) {
     auto p = ShmRegion::Open(resp.params().shm_name(), resp.params().bytes());
     auto g = ShmRegion::Open(resp.grads().shm_name(), resp.grads().bytes());
     if (p.ok() && g.ok()) {
@@ -157,6 +199,10 @@ absl::StatusOr<StepResult> Client::Impl::Step(const StepOptions& o) {
   RETURN_IF_ERROR(RequireRegistered());
   if (!info.shared_memory) {
     RETURN_IF_ERROR(Push(v1::BUFFER_GRADS, {grads, static_cast<size_t>(total)}, 0));
+  }
+  if (info.device_buffers) {
+    // The server must not read G before the trainer's kernels wrote it.
+    RETURN_IF_ERROR(client_internal::SynchronizeCuda(o.cuda_stream, cuda_device));
   }
   v1::StepRequest req;
   req.set_step(next_step);

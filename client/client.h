@@ -15,7 +15,9 @@
 //   }
 //
 // Data plane: by default the server's param buffer P and grad buffer G are
-// mapped from shared memory (same host), so Step copies nothing. With
+// mapped from shared memory (same host), so Step copies nothing; when the
+// server keeps its state on a GPU (--device cuda) they are that GPU's
+// memory, mapped through CUDA IPC (RegisterInfo::device_buffers). With
 // use_shared_memory = false (remote server) the views are local memory and
 // Step() pushes G before and fetches P after, over gRPC streams.
 //
@@ -76,12 +78,25 @@ struct RegisterInfo {
   int rank = 0;
   int world_size = 1;
   bool shared_memory = false;
+  // Where the server keeps the state: "cpu" or "cuda:N". With GPU state and
+  // shared_memory, params() and grads() are DEVICE pointers (mapped through
+  // CUDA IPC): write them from kernels or cudaMemcpy, never dereference
+  // them on the host. With use_shared_memory = false they are host memory
+  // whatever the server's device.
+  std::string device = "cpu";
+  bool device_buffers = false;
 };
 
 struct StepOptions {
   float lr = 1e-3f;
   float grad_scale = 1.0f;
   float max_grad_norm = 0.0f;  // 0: no clipping
+  // GPU state mapped through CUDA IPC: the stream the trainer's backward
+  // ran on (an opaque cudaStream_t). Step synchronizes it before asking the
+  // server to read G (null: synchronizes the whole device). The server
+  // synchronizes its own work before Step returns, so P is ready for the
+  // next forward on any stream.
+  void* cuda_stream = nullptr;
 };
 
 struct StepResult {

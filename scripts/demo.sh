@@ -36,7 +36,8 @@ echo "== starting $WORLD shard server(s)"
 ADDRS=()
 start_server() {  # rank [extra flags]
   local r=$1; shift
-  build/server/sherd-server --listen 127.0.0.1:0 --rank "$r" --world-size "$WORLD" \
+  # train_mlp is a CPU trainer: the state stays in host shared memory.
+  build/server/sherd-server --device cpu --listen 127.0.0.1:0 --rank "$r" --world-size "$WORLD" \
     --address-file "$RUN/addr.$r" "$@" 2>"$RUN/server.$r.log" &
   PIDS+=($!)
   for _ in $(seq 200); do [[ -s "$RUN/addr.$r" ]] && break; sleep 0.05; done

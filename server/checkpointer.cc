@@ -80,6 +80,9 @@ absl::Status Checkpointer::Start(const ModelState& model, int64_t step,
         model.exp_avg(), model.exp_avg_sq(),
         [this, spec, step, dir, counters](const absl::StatusOr<ShardInfo>& shard) {
           Finish(spec, step, dir, counters, shard);
+        },
+        {}, [&model](float* dst, const float* src, int64_t n) {
+          return model.Copy(dst, src, n);
         });
   }
   if (!s.ok()) {
@@ -227,11 +230,14 @@ absl::StatusOr<std::optional<RestoredState>> Checkpointer::Load(const ModelState
   return std::optional<RestoredState>(std::move(r));
 }
 
-void Checkpointer::Apply(const RestoredState& s, ModelState& model) {
-  std::memcpy(model.master(), s.master.data(), s.master.size() * sizeof(float));
-  std::memcpy(model.exp_avg(), s.exp_avg.data(), s.exp_avg.size() * sizeof(float));
-  std::memcpy(model.exp_avg_sq(), s.exp_avg_sq.data(), s.exp_avg_sq.size() * sizeof(float));
-  std::memcpy(model.params(), s.params.data(), s.params.size() * sizeof(float));
+absl::Status Checkpointer::Apply(const RestoredState& s, ModelState& model) {
+  auto put = [&](float* dst, const std::vector<float>& src) {
+    return model.Copy(dst, src.data(), static_cast<int64_t>(src.size()));
+  };
+  RETURN_IF_ERROR(put(model.master(), s.master));
+  RETURN_IF_ERROR(put(model.exp_avg(), s.exp_avg));
+  RETURN_IF_ERROR(put(model.exp_avg_sq(), s.exp_avg_sq));
+  return put(model.params(), s.params);
 }
 
 }  // namespace sherd

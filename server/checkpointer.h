@@ -87,8 +87,10 @@ class Checkpointer {
   // layout into memory; nullopt when there is nothing to restore.
   absl::StatusOr<std::optional<RestoredState>> Load(const ModelState& model,
                                                     const std::string& which);
-  // Copies a loaded state into the model (master, moments, P). Cannot fail.
-  static void Apply(const RestoredState& state, ModelState& model);
+  // Copies a loaded state into the model (master, moments, P). Fails only
+  // when a device copy fails (the GPU is broken; the server then refuses
+  // to step).
+  static absl::Status Apply(const RestoredState& state, ModelState& model);
 
  private:
   void Finish(const ModelSpec& spec, int64_t step, std::string dir,

@@ -6,6 +6,7 @@
 #include "common/log.h"
 #include "server/collective/gloo/factory.h"
 #include "server/collective/local/factory.h"
+#include "server/collective/nccl/factory.h"
 #include "server/rendezvous/peer_client.h"
 
 namespace sherd {
@@ -75,6 +76,15 @@ void ClusterFormation::Start() {
     std::shared_ptr<KvStore> store =
         table->is_coordinator() ? std::shared_ptr<KvStore>(table)
                                 : std::make_shared<RemoteKvStore>(coordinator);
+    if (config.device == "cuda") {
+      // Device state: NCCL on this rank's GPU (ResolveDevice chose it).
+      NcclOptions nccl;
+      nccl.timeout = gloo.timeout;
+      nccl.device = config.cuda_device;
+      nccl.prefix = absl::StrCat("nccl/", config.cluster_id);
+      return finish(CreateNcclCollective(*store, config.rank, config.world_size, nccl),
+                    store);
+    }
     absl::StatusOr<std::unique_ptr<Collective>> collective =
         CreateGlooCollective(*store, config.rank, config.world_size, gloo);
     if (collective.ok() && config.shm_collectives) {

@@ -67,6 +67,16 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
       ->envname("SHERD_LOG_LEVEL")
       ->check(CLI::IsMember({"debug", "info", "warning", "error"}))
       ->capture_default_str();
+  app.add_option("--device", c.device,
+                 "Where the model's state lives: cpu (POSIX shared memory), "
+                 "cuda (GPU memory shared through CUDA IPC, NCCL collectives, "
+                 "CUDA optimizer) or auto (cuda when a GPU is visible)")
+      ->envname("SHERD_DEVICE")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
+  app.add_option("--cuda-device", c.cuda_device,
+                 "GPU ordinal for --device cuda (default: rank % visible GPUs)")
+      ->envname("SHERD_CUDA_DEVICE")->check(CLI::NonNegativeNumber);
   app.add_option("--coordinator", c.coordinator,
                  "Rank 0's address (host:port); default in a StatefulSet or "
                  "indexed Job: <name>-0.$SHERD_SERVICE:<port of --listen>")

@@ -20,6 +20,10 @@ struct ServerConfig {
   std::string shm_prefix;          // default /sherd.<pid>.r<rank>.<n>
   std::string address_file;        // write the bound address here when ready
   std::string log_level = "info";
+  // Where the model's state lives: auto (cuda when this build has CUDA and
+  // a GPU is visible, else cpu), cpu or cuda. See server/gpu/gpu_backend.h.
+  std::string device = "auto";
+  int cuda_device = -1;  // -1: rank % visible GPUs
 
   // Multi-rank (world_size > 1).
   std::string coordinator;       // rank 0's address; rank 0 may leave it empty

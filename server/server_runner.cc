@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "server/cluster_formation.h"
 #include "server/collective/single_rank.h"
+#include "server/gpu/gpu_backend.h"
 #include "server/rendezvous/coordinator.h"
 #include "server/service/admin_service.h"
 #include "server/service/trainer_service.h"
@@ -34,7 +35,26 @@ std::string BoundAddress(const std::string& listen, int port) {
 
 }  // namespace
 
-absl::Status RunServer(const ServerConfig& config) {
+absl::StatusOr<GpuBackend> ResolveDevice(ServerConfig& config) {
+  if (config.device == "auto") {
+    std::string why = GpuUnavailableReason();
+    config.device = why.empty() ? "cuda" : "cpu";
+    if (!why.empty()) SHERD_LOG(Debug, "--device auto: cpu (%s)", why);
+  }
+  if (config.device != "cuda") return GpuBackend{};
+  if (config.cuda_device < 0) {
+    config.cuda_device = config.rank % std::max(1, VisibleGpuCount());
+  }
+  absl::StatusOr<GpuBackend> b = CreateGpuBackend(config.cuda_device);
+  if (!b.ok()) {
+    return absl::Status(b.status().code(),
+                        absl::StrCat("--device cuda: ", b.status().message()));
+  }
+  return b;
+}
+
+absl::Status RunServer(const ServerConfig& given) {
+  ServerConfig config = given;
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
@@ -58,7 +78,12 @@ absl::Status RunServer(const ServerConfig& config) {
         "--advertise-address");
   }
 
+  absl::StatusOr<GpuBackend> gpu = ResolveDevice(config);
+  if (!gpu.ok()) return gpu.status();
+
   ServerOptions opts;
+  opts.state_memory = gpu->memory;
+  opts.step_runner = gpu->runner;
   opts.rank = config.rank;
   opts.world_size = config.world_size;
   opts.memory_limit_bytes = config.memory_limit_bytes;
@@ -102,9 +127,10 @@ absl::Status RunServer(const ServerConfig& config) {
                             : config.advertise_address;
   shard->SetAddress(address);  // Status shows what clients dial
   server->GetHealthCheckService()->SetServingStatus(true);
-  SHERD_LOG(Info, "listening on %s (rank %d of %d, memory limit %d bytes, %d optimizer threads)",
-            address, config.rank, config.world_size, config.memory_limit_bytes,
-            config.optimizer_threads);
+  SHERD_LOG(Info, "listening on %s (rank %d of %d, state on %s, memory limit %d bytes, %d optimizer threads)",
+            address, config.rank, config.world_size,
+            gpu->memory ? gpu->memory->name() : "cpu",
+            config.memory_limit_bytes, config.optimizer_threads);
   if (config.address_file == "-") {
     std::printf("listening on %s\n", address.c_str());
     std::fflush(stdout);

@@ -5,8 +5,15 @@
 
 #include "absl/status/status.h"
 #include "server/config.h"
+#include "server/gpu/gpu_backend.h"
 
 namespace sherd {
+
+// Turns --device auto into cpu or cuda (config.device is rewritten) and,
+// for cuda, creates the GPU backend on config.cuda_device (rank % visible
+// GPUs when unset; filled in). An empty backend for cpu. Errors name the
+// flag: "--device cuda: no usable CUDA device: ...".
+absl::StatusOr<GpuBackend> ResolveDevice(ServerConfig& config);
 
 // Blocks until shutdown. Call from main() before any other thread starts
 // (it blocks the termination signals for the whole process).

@@ -102,7 +102,8 @@ ShardServer::ShardServer(ServerOptions options,
     : options_(std::move(options)),
       started_(absl::Now()),
       collective_(std::move(collective)),
-      optimizer_(std::max(1, options_.optimizer_threads)) {
+      runner_(options_.step_runner ? options_.step_runner
+                                   : CreateCpuStepRunner(options_.optimizer_threads)) {
   if (!options_.checkpoint.root.empty()) {
     checkpointer_ = std::make_unique<Checkpointer>(options_.checkpoint, options_.rank,
                                                    options_.world_size);
@@ -176,7 +177,10 @@ absl::StatusOr<v1::CheckpointRestoreResponse> ShardServer::RestoreCheckpoint(
         return absl::FailedPreconditionError(
             absl::StrCat("nothing prepared to commit for '", req.name(), "'"));
       }
-      Checkpointer::Apply(*staged_restore_, *m);
+      if (absl::Status s = Checkpointer::Apply(*staged_restore_, *m); !s.ok()) {
+        MarkUnhealthy(absl::StrCat("restore of ", staged_restore_->name, ": ", s.message()));
+        return s;
+      }
       absl::MutexLock l(&stats_mu_);
       initialized_ = true;
       next_step_ = staged_restore_->step + 1;
@@ -269,7 +273,10 @@ absl::StatusOr<v1::RegisterResponse> ShardServer::Register(
   } else {
     const int64_t need =
         ModelState::SharedBytes(layout) + ModelState::PrivateBytes(layout);
-    if (options_.memory_limit_bytes > 0 && need > options_.memory_limit_bytes) {
+    // The limit is on host memory; device state is bounded by the device
+    // (an allocation that does not fit is RESOURCE_EXHAUSTED, naming it).
+    if (options_.memory_limit_bytes > 0 && need > options_.memory_limit_bytes &&
+        options_.state_memory == nullptr) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "model '", spec.name, "' needs ", need, " bytes on this server (",
           layout.parameters(), " parameters), over the memory limit of ",
@@ -279,13 +286,14 @@ absl::StatusOr<v1::RegisterResponse> ShardServer::Register(
                              ? DefaultShmPrefix(options_.rank)
                              : options_.shm_prefix;
     ASSIGN_OR_RETURN(m, ModelState::Create(std::move(spec), std::move(layout),
-                                           options_.rank, prefix));
+                                           options_.rank, prefix,
+                                           options_.state_memory));
     if (checkpointer_ != nullptr) {
       // A failed restore registers nothing: the state is never a mix.
       ASSIGN_OR_RETURN(std::optional<RestoredState> restored,
                        checkpointer_->Load(*m, options_.checkpoint.restore));
       if (restored) {
-        Checkpointer::Apply(*restored, *m);
+        RETURN_IF_ERROR(Checkpointer::Apply(*restored, *m));
         absl::MutexLock l(&stats_mu_);
         initialized_ = true;
         next_step_ = restored->step + 1;
@@ -297,9 +305,9 @@ absl::StatusOr<v1::RegisterResponse> ShardServer::Register(
     }
     absl::MutexLock l(&model_mu_);
     model_ = m;
-    SHERD_LOG(Info, "registered model '%s': %d tensors, %d parameters, %d bytes",
+    SHERD_LOG(Info, "registered model '%s': %d tensors, %d parameters, %d bytes on %s",
               m->spec().name, m->layout().tensors().size(),
-              m->layout().parameters(), need);
+              m->layout().parameters(), need, m->device_name());
   }
   v1::RegisterResponse resp;
   resp.set_reattached(reattached);
@@ -311,13 +319,21 @@ absl::StatusOr<v1::RegisterResponse> ShardServer::Register(
   resp.set_rank(options_.rank);
   resp.set_world_size(options_.world_size);
   resp.set_alignment(m->layout().alignment());
-  auto fill = [&](const ShmRegion& r, v1::SharedBuffer* b) {
-    b->set_shm_name(r.name());
-    b->set_bytes(static_cast<int64_t>(r.size()));
+  resp.set_device(m->device_name());
+  auto fill = [&](const ShmRegion& r, const std::string& ipc_handle,
+                  v1::SharedBuffer* b) {
     b->set_elements(m->layout().total());
+    if (m->on_device()) {
+      b->set_cuda_ipc_handle(ipc_handle);
+      b->set_cuda_device(m->memory()->device());
+      b->set_bytes(m->layout().total() * static_cast<int64_t>(sizeof(float)));
+    } else {
+      b->set_shm_name(r.name());
+      b->set_bytes(static_cast<int64_t>(r.size()));
+    }
   };
-  fill(m->params_region(), resp.mutable_params());
-  fill(m->grads_region(), resp.mutable_grads());
+  fill(m->params_region(), m->params_handle(), resp.mutable_params());
+  fill(m->grads_region(), m->grads_handle(), resp.mutable_grads());
   return resp;
 }
 
@@ -331,10 +347,7 @@ absl::StatusOr<v1::InitParamsResponse> ShardServer::InitParams(
         "params are already initialized; pass force to reset the optimizer "
         "state");
   }
-  const int64_t n = m->layout().slice_size();
-  std::memcpy(m->master(), m->owned_params(), n * sizeof(float));
-  std::memset(m->exp_avg(), 0, n * sizeof(float));
-  std::memset(m->exp_avg_sq(), 0, n * sizeof(float));
+  RETURN_IF_ERROR(m->ResetOptimizerState());
   initialized_ = true;
   adam_step_ = 0;
   v1::InitParamsResponse resp;
@@ -380,7 +393,7 @@ absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
     return absl::UnavailableError(
         "the cluster is still forming: not every shard server has joined");
   }
-  absl::StatusOr<StepOutcome> out = RunStep(*m, *collective_, optimizer_, args);
+  absl::StatusOr<StepOutcome> out = runner_->Run(*m, *collective_, args);
   if (!out.ok()) {
     if (absl::IsUnavailable(out.status())) {
       MarkUnhealthy(absl::StrCat("step ", req.step(), ": ", out.status().message()));
@@ -449,7 +462,8 @@ absl::Status ShardServer::WriteChunk(const v1::DataChunk& chunk) {
         "chunk [", chunk.offset(), ", ", chunk.offset() + n,
         ") is outside the buffer of ", total, " elements"));
   }
-  std::memcpy(base + chunk.offset(), data.data(), data.size());
+  RETURN_IF_ERROR(m->Copy(base + chunk.offset(),
+                          reinterpret_cast<const float*>(data.data()), n));
   inline_bytes_received_.fetch_add(static_cast<int64_t>(data.size()), std::memory_order_relaxed);
   return absl::OkStatus();
 }
@@ -475,7 +489,13 @@ absl::Status ShardServer::ReadRange(
   for (int64_t off = req.offset(); off < req.offset() + count; off += chunk) {
     int64_t n = std::min(chunk, req.offset() + count - off);
     out.set_offset(off);
-    out.set_data(reinterpret_cast<const char*>(base + off), n * sizeof(float));
+    if (m->on_device()) {
+      out.mutable_data()->resize(n * sizeof(float));
+      RETURN_IF_ERROR(m->Copy(reinterpret_cast<float*>(out.mutable_data()->data()),
+                              base + off, n));
+    } else {
+      out.set_data(reinterpret_cast<const char*>(base + off), n * sizeof(float));
+    }
     if (!sink(out)) return absl::CancelledError("fetch cancelled by the client");
     inline_bytes_sent_.fetch_add(n * static_cast<int64_t>(sizeof(float)),
                                  std::memory_order_relaxed);

@@ -28,8 +28,8 @@
 #include "sherd/v1/trainer.pb.h"
 #include "server/checkpointer.h"
 #include "server/collective/collective.h"
-#include "server/optimizer/adamw.h"
 #include "server/state/model_state.h"
+#include "server/step/step_pipeline.h"
 
 namespace sherd {
 
@@ -41,6 +41,10 @@ struct ServerOptions {
   std::string shm_prefix;         // default: /sherd.<pid>.<rank>
   int64_t fetch_chunk_elements = 1 << 18;
   CheckpointOptions checkpoint;  // root empty: checkpoints off
+  // GPU state (server/gpu/gpu_backend.h): where the buffers live and what
+  // steps them. Both null: host state, stepped by the CPU pipeline.
+  std::shared_ptr<StateMemory> state_memory;
+  std::shared_ptr<StepRunner> step_runner;
 };
 
 class ShardServer {
@@ -118,7 +122,7 @@ class ShardServer {
   std::unique_ptr<Checkpointer> checkpointer_;  // null: checkpoints off
   std::optional<RestoredState> staged_restore_ ABSL_GUARDED_BY(step_mu_);
   std::string restored_from_ ABSL_GUARDED_BY(stats_mu_);
-  AdamW optimizer_ ABSL_GUARDED_BY(step_mu_);
+  const std::shared_ptr<StepRunner> runner_ ABSL_PT_GUARDED_BY(step_mu_);
 
   // Step bookkeeping; written under step_mu_, read by Status under stats_mu_.
   mutable absl::Mutex stats_mu_;

@@ -49,6 +49,7 @@ v1::StatusResponse ShardServer::Status() const {
   r.set_uptime_s(absl::ToDoubleSeconds(absl::Now() - started_));
   r.set_inline_bytes_received(inline_bytes_received_.load(std::memory_order_relaxed));
   r.set_inline_bytes_sent(inline_bytes_sent_.load(std::memory_order_relaxed));
+  r.set_device(options_.state_memory ? options_.state_memory->name() : "cpu");
   std::shared_ptr<ModelState> m = model();
   if (!healthy()) {
     r.set_health("NOT_SERVING");
@@ -142,6 +143,12 @@ absl::StatusOr<v1::InspectResponse> ShardServer::Inspect(
           "unknown state ", static_cast<int>(req.state())));
   }
   const int64_t n = flat_e - flat_b;
+  std::vector<float> host;  // device state is read through a host copy
+  if (m->on_device()) {
+    host.resize(n);
+    RETURN_IF_ERROR(m->Copy(host.data(), src, n));
+    src = host.data();
+  }
   RangeStats s = ComputeStats(src, n);
   v1::Stats* ps = r.mutable_stats();
   ps->set_count(s.count);

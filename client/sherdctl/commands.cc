@@ -92,8 +92,8 @@ int RunStatus(const GlobalOptions& g) {
   } else {
     std::printf("no model registered\n");
   }
-  Table t({"RANK", "ADDRESS", "HEALTH", "STEP", "APPLIED", "SKIPPED", "OWNED",
-           "STATE", "SHARED", "LAST STEP"});
+  Table t({"RANK", "ADDRESS", "HEALTH", "DEVICE", "STEP", "APPLIED", "SKIPPED",
+           "OWNED", "STATE", "SHARED", "LAST STEP"});
   int bad = 0;
   for (const RankEndpoint& e : cluster->ranks()) {
     const v1::StatusResponse& r = replies[e.rank];
@@ -102,13 +102,14 @@ int RunStatus(const GlobalOptions& g) {
       ++bad;
       t.Add({rank, e.address.empty() ? "-" : e.address,
              e.address.empty() ? "MISSING" : "UNREACHABLE", "-", "-", "-", "-",
-             "-", "-", std::string(errors[e.rank].message())});
+             "-", "-", "-", std::string(errors[e.rank].message())});
       continue;
     }
     std::string health = r.health();
     if (!r.unhealthy_reason().empty()) health += " (" + r.unhealthy_reason() + ")";
     if (r.health() != "SERVING" && r.health() != "NO_MODEL") ++bad;
-    t.Add({rank, e.address, health, absl::StrCat(r.last_step()),
+    t.Add({rank, e.address, health, r.device().empty() ? "cpu" : r.device(),
+           absl::StrCat(r.last_step()),
            absl::StrCat(r.steps_applied()), absl::StrCat(r.steps_skipped()),
            absl::StrCat("[", r.owned_begin(), ", ", r.owned_end(), ")"),
            HumanBytes(r.state_bytes()), HumanBytes(r.shared_bytes()),

@@ -17,7 +17,7 @@ absl::Status SnapshotSaver::Start(std::string dir, int rank, int world_size,
                                   Range slice, int64_t step,
                                   const float* param, const float* exp_avg,
                                   const float* exp_avg_sq, Done done,
-                                  WriteOptions options) {
+                                  WriteOptions options, CopyOut copy) {
   if (slice.begin < 0 || slice.end < slice.begin) {
     return absl::InvalidArgumentError("SnapshotSaver: bad slice");
   }
@@ -49,7 +49,13 @@ absl::Status SnapshotSaver::Start(std::string dir, int rank, int world_size,
       return absl::ResourceExhaustedError(absl::StrCat(
           "cannot allocate ", n * 4, " bytes to snapshot the slice"));
     }
-    if (n > 0) {
+    if (n > 0 && copy) {
+      if (absl::Status s = copy(copies_[a].data(), src[a], n); !s.ok()) {
+        absl::MutexLock lock(&mu_);
+        in_flight_ = false;
+        return s;
+      }
+    } else if (n > 0) {
       std::memcpy(copies_[a].data(), src[a], static_cast<size_t>(n) * 4);
     }
   }

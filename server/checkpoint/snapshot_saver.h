@@ -38,6 +38,10 @@ namespace sherd {
 class SnapshotSaver {
  public:
   using Done = std::function<void(const absl::StatusOr<ShardInfo>&)>;
+  // Copies n floats of state into host memory (state on a GPU); null:
+  // memcpy.
+  using CopyOut =
+      std::function<absl::Status(float* host_dst, const float* src, int64_t n)>;
   struct Progress {
     int64_t bytes_written = 0;
     int64_t bytes_total = 0;  // of the latest save
@@ -49,12 +53,13 @@ class SnapshotSaver {
   SnapshotSaver& operator=(const SnapshotSaver&) = delete;
   ~SnapshotSaver();  // waits for the save in flight
 
-  // Copies slice.size() floats from each array, then saves in the
-  // background. RESOURCE_EXHAUSTED if the copy cannot be allocated.
+  // Copies slice.size() floats from each array (with `copy` when set),
+  // then saves in the background. RESOURCE_EXHAUSTED if the copy cannot be
+  // allocated; a failed `copy` is returned and nothing is saved.
   absl::Status Start(std::string dir, int rank, int world_size, Range slice,
                      int64_t step, const float* param, const float* exp_avg,
                      const float* exp_avg_sq, Done done = nullptr,
-                     WriteOptions options = {});
+                     WriteOptions options = {}, CopyOut copy = nullptr);
 
   // Waits until no save is in flight; the latest save's result
   // (FAILED_PRECONDITION if there was none).

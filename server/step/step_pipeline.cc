@@ -143,4 +143,29 @@ absl::StatusOr<StepOutcome> RunStep(ModelState& model, Collective& collective,
   return out;
 }
 
+namespace {
+
+class CpuStepRunner final : public StepRunner {
+ public:
+  explicit CpuStepRunner(int threads) : optimizer_(std::max(1, threads)) {}
+  absl::StatusOr<StepOutcome> Run(ModelState& model, Collective& collective,
+                                  const StepArgs& args) override {
+    if (model.on_device()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the model's state is on ", model.device_name(),
+          " but this server steps on the CPU"));
+    }
+    return RunStep(model, collective, optimizer_, args);
+  }
+
+ private:
+  AdamW optimizer_;
+};
+
+}  // namespace
+
+std::unique_ptr<StepRunner> CreateCpuStepRunner(int threads) {
+  return std::make_unique<CpuStepRunner>(threads);
+}
+
 }  // namespace sherd

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -51,8 +52,23 @@ struct StepOutcome {
 // max norm) before touching any state.
 absl::Status ValidateStepArgs(const StepArgs& args);
 
-// Runs one step. A collective failure returns UNAVAILABLE.
+// Runs one step on host state. A collective failure returns UNAVAILABLE.
 absl::StatusOr<StepOutcome> RunStep(ModelState& model, Collective& collective,
                                     AdamW& optimizer, const StepArgs& args);
+
+// How a server steps its model: RunStep for host state, or the GPU pipeline
+// (server/gpu/gpu_backend.h) for device state. Same contract as RunStep;
+// the caller serializes calls.
+class StepRunner {
+ public:
+  virtual ~StepRunner() = default;
+  virtual absl::StatusOr<StepOutcome> Run(ModelState& model,
+                                          Collective& collective,
+                                          const StepArgs& args) = 0;
+};
+
+// RunStep with its own AdamW of `threads` threads. FAILED_PRECONDITION for
+// device state.
+std::unique_ptr<StepRunner> CreateCpuStepRunner(int threads);
 
 }  // namespace sherd

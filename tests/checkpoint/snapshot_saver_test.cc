@@ -96,6 +96,34 @@ TEST_F(SnapshotSaverTest, ErrorsAreReportedNotThrown) {
   EXPECT_TRUE(saver.Wait().ok());
 }
 
+TEST_F(SnapshotSaverTest, CopyFunctionIsUsedAndItsFailureStartsNothing) {
+  testing::FullState s = testing::RandomState(layout_, 3);
+  auto dir = CreateTempCheckpointDir(root_.path(), 2);
+  ASSERT_TRUE(dir.ok());
+  SnapshotSaver saver;
+  bool called = false;
+  // A device copy that fails (a broken GPU): nothing is written, nothing
+  // stays in flight.
+  absl::Status s1 = saver.Start(
+      *dir, 0, 1, layout_.Slice(0), 2, s.p.data(), s.m.data(), s.v.data(),
+      [&](const absl::StatusOr<ShardInfo>&) { called = true; }, {},
+      [](float*, const float*, int64_t) { return absl::InternalError("copy failed"); });
+  EXPECT_EQ(s1.code(), absl::StatusCode::kInternal);
+  EXPECT_FALSE(saver.progress().in_flight);
+  EXPECT_FALSE(called);
+  // A working copy function is what fills the snapshot.
+  int64_t copied = 0;
+  ASSERT_TRUE(saver.Start(*dir, 0, 1, layout_.Slice(0), 2, s.p.data(), s.m.data(),
+                          s.v.data(), nullptr, {},
+                          [&](float* dst, const float* src, int64_t n) {
+                            std::memcpy(dst, src, n * sizeof(float));
+                            copied += n;
+                            return absl::OkStatus();
+                          }).ok());
+  EXPECT_TRUE(saver.Wait().ok());
+  EXPECT_EQ(copied, 3 * layout_.Slice(0).size());
+}
+
 TEST_F(SnapshotSaverTest, DestructorWaitsForSavesAndCommits) {
   // Two ranks, each with its saver; the last report commits, as a
   // coordinator would. Destroying the savers waits for all of it.

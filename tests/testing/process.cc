@@ -1,5 +1,7 @@
 #include "tests/testing/process.h"
 
+#include <algorithm>
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -8,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -139,8 +142,16 @@ absl::StatusOr<ServerProcess> ServerProcess::Start(std::vector<std::string> flag
                                                    std::string listen,
                                                    std::vector<std::string> wrapper) {
   std::vector<std::string> argv = wrapper;
-  argv.insert(argv.end(), {SHERD_SERVER_BIN, "--listen", listen, "--address-file", "-",
+  // $SHERD_SERVER_BIN overrides the build tree's binary (the device check
+  // runs a packed copy on another machine).
+  const char* bin = std::getenv("SHERD_SERVER_BIN");
+  argv.insert(argv.end(), {bin != nullptr && *bin != '\0' ? bin : SHERD_SERVER_BIN,
+                           "--listen", listen, "--address-file", "-",
                            "--log-level", "warning"});
+  // These tests drive host state (a GPU machine would otherwise pick cuda).
+  if (std::find(flags.begin(), flags.end(), "--device") == flags.end()) {
+    argv.insert(argv.end(), {"--device", "cpu"});
+  }
   argv.insert(argv.end(), flags.begin(), flags.end());
   auto p = Process::Start(argv);
   if (!p.ok()) return p.status();
