@@ -142,8 +142,11 @@ absl::StatusOr<RegisterInfo> Client::Register(const ModelDef& model) {
   d.info.shared_memory = false;
   d.info.device_buffers = false;
   d.info.device = resp.device().empty() ? "cpu" : resp.device();
-  if (d.options.use_shared_memory && !resp.params().cuda_ipc_handle().empty()) {
+  const bool device_state = !resp.params().cuda_ipc_handle().empty();
+  if (d.options.use_shared_memory && device_state && d.options.map_device_buffers) {
     RETURN_IF_ERROR(d.MapDeviceBuffers(resp));
+  } else if (device_state) {
+    // A CPU trainer of GPU state: host views, inline transfers.
   } else if (d.options.use_shared_memory && !resp.params().shm_name().empty()) {
     auto p = ShmRegion::Open(resp.params().shm_name(), resp.params().bytes());
     auto g = ShmRegion::Open(resp.grads().shm_name(), resp.grads().bytes());

@@ -46,6 +46,10 @@ struct ClientOptions {
   absl::Duration retry_backoff = absl::Milliseconds(100);  // doubles per try
   absl::Duration max_retry_backoff = absl::Seconds(2);
   bool use_shared_memory = true;
+  // With use_shared_memory and a server that keeps its state on a GPU:
+  // true maps P and G through CUDA IPC (a GPU trainer); false uses the
+  // inline data plane with host views instead (a CPU trainer).
+  bool map_device_buffers = true;
   int64_t chunk_elements = 1 << 18;  // inline transfers: 1 MiB per message
   int64_t max_message_bytes = 64 << 20;
 };

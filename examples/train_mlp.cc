@@ -46,6 +46,7 @@ float LearningRate(const Flags& f, int64_t step) {
 int Run(const Flags& f) {
   sherd::ClientOptions co;
   co.use_shared_memory = !f.inline_data;
+  co.map_device_buffers = false;  // a CPU trainer: GPU state goes inline
   auto client = sherd::Client::Connect(f.server, co);
   if (!client.ok()) {
     std::fprintf(stderr, "train_mlp: %s\n", std::string(client.status().message()).c_str());
@@ -80,9 +81,9 @@ int Run(const Flags& f) {
     }
   }
   int64_t params = c.layout().parameters();
-  std::printf("rank %d/%d: model '%s', %lld parameters, %s data plane, %s at step %lld\n",
+  std::printf("rank %d/%d: model '%s', %lld parameters, state on %s, %s data plane, %s at step %lld\n",
               rank, info->world_size, f.model.c_str(), static_cast<long long>(params),
-              c.shared_memory() ? "shared-memory" : "inline gRPC",
+              info->device.c_str(), c.shared_memory() ? "shared-memory" : "inline gRPC",
               info->reattached ? "re-attached" : "starting", static_cast<long long>(c.next_step()));
   std::fflush(stdout);
 

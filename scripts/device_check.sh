@@ -15,8 +15,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PACK="$ROOT/.device"
-TESTS=(cuda_kernels_test cuda_ipc_test nccl_collective_test)
+TESTS=(cuda_kernels_test cuda_ipc_test nccl_collective_test gpu_server_test)
 BENCH=gpu_adamw_bench
+SERVER=sherd-server  # gpu_server_test starts it (SHERD_SERVER_BIN)
 MAX_PACK_MIB=56
 # glibc, the GCC runtime, and what the GPU machine has its own (matching its
 # driver): never packed.
@@ -26,12 +27,12 @@ pack() {
   local build="${BUILD_DIR:-$ROOT/build-device}"
   cmake -S "$ROOT" -B "$build" -DCMAKE_BUILD_TYPE=Release \
     -DSHERD_CUDA_ARCHITECTURES=90 >/dev/null
-  cmake --build "$build" -j"${JOBS:-2}" --target "${TESTS[@]}" "$BENCH"
+  cmake --build "$build" -j"${JOBS:-2}" --target "${TESTS[@]}" "$BENCH" "$SERVER"
 
   rm -rf "$PACK"
   mkdir -p "$PACK/bin" "$PACK/lib"
   local b path
-  for b in "${TESTS[@]}" "$BENCH"; do
+  for b in "${TESTS[@]}" "$BENCH" "$SERVER"; do
     path=$(find "$build" -type f -name "$b" -perm -u+x | head -n 1)
     [[ -n "$path" ]] || { echo "device_check: $b was not built" >&2; exit 1; }
     cp "$path" "$PACK/bin/$b"
@@ -53,6 +54,7 @@ pack() {
   done
   strip --strip-unneeded "$PACK"/lib/* 2>/dev/null || true
 
+  cp "$ROOT/bench/gpu/step_anchor.py" "$ROOT/bench/gpu/report.py" "$PACK/"
   local anchor="$ROOT/../shared/anchors/gpu_anchor.py"
   if [[ -f "$anchor" ]]; then
     cp "$anchor" "$PACK/gpu_anchor.py"
@@ -93,7 +95,9 @@ step() {
   shift 2
   local t0=$SECONDS rc=0
   timeout --kill-after=10 "$limit" "$@" || rc=$?
-  echo "$name rc=$rc seconds=$((SECONDS - t0))" | tee -a "$OUTDIR/summary.txt"
+  # To the script's own stdout (fd 3), never into the step's redirected
+  # output (a benchmark's JSON).
+  echo "$name rc=$rc seconds=$((SECONDS - t0))" | tee -a "$OUTDIR/summary.txt" >&3
   return $rc
 }
 
@@ -101,6 +105,7 @@ run() {
   OUTDIR="${1:-${OUT:-$ROOT/device-out}}"
   mkdir -p "$OUTDIR"
   OUTDIR=$(cd "$OUTDIR" && pwd)
+  exec 3>&1
   if [[ ! -d "$PACK/bin" ]]; then
     echo "device_check: no $PACK/bin; pack on a dev machine and carry .device" >&2
     exit 2
@@ -120,15 +125,17 @@ run() {
   # NCCL at world size 1 needs no network but still bootstraps over a
   # socket; loopback is always there.
   export NCCL_SOCKET_IFNAME="${NCCL_SOCKET_IFNAME:-lo}" NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
-  # Limits keep the worst case (everything hanging) under 8 minutes; a
+  # Limits keep the worst case (everything hanging) near 6.5 minutes; a
   # healthy run takes one to two. The NCCL creation timeout test aborts a
   # communicator mid-init; it runs on its own so that, should the abort
   # hang, only its own result is lost.
+  export SHERD_SERVER_BIN="$PACK/bin/$SERVER"
   local -a runs=(
-    "cuda_kernels_test cuda_kernels_test 90"
-    "cuda_ipc_test cuda_ipc_test 60"
-    "nccl_collective_test nccl_collective_test 90 -*PeerNeverJoins*"
-    "nccl_init_timeout nccl_collective_test 60 *PeerNeverJoins*"
+    "cuda_kernels_test cuda_kernels_test 60"
+    "cuda_ipc_test cuda_ipc_test 30"
+    "nccl_collective_test nccl_collective_test 40 -*PeerNeverJoins*"
+    "nccl_init_timeout nccl_collective_test 40 *PeerNeverJoins*"
+    "gpu_server_test gpu_server_test 45"
   )
   local r name bin limit filter
   for r in "${runs[@]}"; do
@@ -138,17 +145,25 @@ run() {
     grep -E '^\[ +(PASSED|SKIPPED) +\] [0-9]+ tests?|^\[ +FAILED +\]' \
       "$OUTDIR/$name.log" || true
   done
-  step "$BENCH" 90 "$PACK/bin/$BENCH" > "$OUTDIR/$BENCH.json" \
+  step "$BENCH" 60 "$PACK/bin/$BENCH" > "$OUTDIR/$BENCH.json" \
     2> "$OUTDIR/$BENCH.log" || true
   cat "$OUTDIR/$BENCH.json"
   if [[ -f "$PACK/gpu_anchor.py" ]] && command -v python3 >/dev/null; then
     # The anchor runs in the machine's own environment (its torch).
     (cd "$OUTDIR" && export OUT="$OUTDIR" LD_LIBRARY_PATH="$orig_ld" &&
-      step gpu_anchor 150 python3 "$PACK/gpu_anchor.py" \
+      step gpu_anchor 120 python3 "$PACK/gpu_anchor.py" \
         > "$OUTDIR/gpu_anchor.log" 2>&1) || true
     cat "$OUTDIR/gpu_anchor.json" 2>/dev/null || tail -n 5 "$OUTDIR/gpu_anchor.log"
   else
     echo "gpu_anchor skipped (no script or no python3)" | tee -a "$OUTDIR/summary.txt"
+  fi
+  if command -v python3 >/dev/null; then
+    # torch's whole-step sequence and one-flat-tensor AdamW (our own anchor).
+    (cd "$OUTDIR" && export OUT="$OUTDIR" LD_LIBRARY_PATH="$orig_ld" &&
+      step step_anchor 90 python3 "$PACK/step_anchor.py" \
+        > "$OUTDIR/step_anchor.log" 2>&1) || true
+    # The ratios, as a markdown table for bench/RESULTS.md.
+    python3 "$PACK/report.py" "$OUTDIR" | tee "$OUTDIR/report.md" || true
   fi
   echo "--- summary ($OUTDIR)"
   cat "$OUTDIR/summary.txt"

@@ -12,7 +12,7 @@ cmake --build build -j"$JOBS"
 # does pointer arithmetic over flat buffers and runs threads (layout, step
 # pipeline, optimizer, collectives, checkpoint files). SHERD_SKIP_ASAN=1 skips.
 if [[ "${SHERD_SKIP_ASAN:-0}" != 1 ]]; then
-  ASAN_TESTS=(layout_test step_pipeline_test collective_test checkpoint_test adamw_test)
+  ASAN_TESTS=(layout_test step_pipeline_test collective_test checkpoint_test adamw_test device_state_test)
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHERD_SANITIZE=ON \
     -DSHERD_DISABLE_CUDA=ON -DSHERD_BUILD_BENCH=OFF >/dev/null
   cmake --build build-asan -j"$JOBS" --target "${ASAN_TESTS[@]}"

@@ -167,6 +167,15 @@ TEST(GpuServer, RegisterStepFetchThroughCudaIpcMatchesTheCpuServer) {
   std::vector<float> fetched(n);
   ASSERT_TRUE((*remote)->FetchParams(fetched).ok());
   EXPECT_EQ(fetched, got);
+  // A CPU trainer on this host (map_device_buffers = false) gets host views.
+  auto cpu_trainer = Client::Connect(gpu_server->address(), {.map_device_buffers = false});
+  ASSERT_TRUE(cpu_trainer.ok());
+  auto cinfo = (*cpu_trainer)->Register(Model());
+  ASSERT_TRUE(cinfo.ok()) << cinfo.status();
+  EXPECT_FALSE(cinfo->device_buffers);
+  EXPECT_FALSE(cinfo->shared_memory);
+  EXPECT_EQ(std::vector<float>((*cpu_trainer)->params().begin(), (*cpu_trainer)->params().end()),
+            got);
   EXPECT_TRUE(gpu_server->Stop().ok());
   EXPECT_TRUE(cpu_server.Stop().ok());
 }
