@@ -1,9 +1,11 @@
 #include "server/step/step_pipeline.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 
+#include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "server/step/grad_norm.h"
@@ -15,6 +17,19 @@ using Clock = std::chrono::steady_clock;
 
 double MsSince(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+// Runs fn(worker, begin, end) on the optimizer's workers over [0, n), in
+// pieces aligned to 16 floats (64 bytes) so no two workers share a cache line.
+void ForEachPiece(AdamW& optimizer, int64_t n,
+                  absl::FunctionRef<void(int, int64_t, int64_t)> fn) {
+  const int workers = optimizer.threads();
+  const int64_t per = (n / workers + 15) / 16 * 16;
+  optimizer.ParallelFor([&](int w) {
+    const int64_t b = std::min(n, w * per);
+    const int64_t e = w + 1 == workers ? n : std::min(n, b + per);
+    fn(w, b, e);
+  });
 }
 
 }  // namespace
@@ -58,14 +73,9 @@ absl::StatusOr<StepOutcome> RunStep(ModelState& model, Collective& collective,
   t = Clock::now();
   GradSummary local;
   {
-    const int workers = optimizer.threads();
-    std::vector<GradSummary> parts(workers);
+    std::vector<GradSummary> parts(optimizer.threads());
     const float* g = model.owned_grads();
-    optimizer.ParallelFor([&](int w) {
-      // Pieces aligned to 64 bytes so no two workers share a cache line.
-      const int64_t per = (slice / workers + 15) / 16 * 16;
-      const int64_t b = std::min(slice, w * per);
-      const int64_t e = w + 1 == workers ? slice : std::min(slice, b + per);
+    ForEachPiece(optimizer, slice, [&](int w, int64_t b, int64_t e) {
       parts[w] = SummarizeGrads(g + b, e - b);
     });
     for (const GradSummary& p : parts) {
@@ -129,11 +139,7 @@ absl::StatusOr<StepOutcome> RunStep(ModelState& model, Collective& collective,
 
   // Commit: the master copy from P's slice, the moments by a flip.
   t = Clock::now();
-  const int workers = optimizer.threads();
-  optimizer.ParallelFor([&](int w) {
-    const int64_t per = (slice / workers + 15) / 16 * 16;
-    const int64_t b = std::min(slice, w * per);
-    const int64_t e = w + 1 == workers ? slice : std::min(slice, b + per);
+  ForEachPiece(optimizer, slice, [&](int, int64_t b, int64_t e) {
     std::memcpy(model.master() + b, model.owned_params() + b, (e - b) * sizeof(float));
   });
   model.FlipMoments();
