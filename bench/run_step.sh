@@ -13,11 +13,12 @@ PY=${PYTHON:-.venv/bin/python}
 [[ -x $PY ]] || PY=/usr/bin/python3
 ANCHORS=${SHERD_ANCHORS:-../shared/anchors}
 sherd=$(build/bench/step_bench --params "$N" --world "$W" --steps 10 --json)
-anchor=$(OMP_NUM_THREADS=1 "$PY" "$ANCHORS/cpu_anchor.py" "$N" "$W" 2>/dev/null | tail -1)
+anchor=$(OMP_NUM_THREADS=1 "$PY" "$ANCHORS/cpu_anchor.py" "$N" "$W" 2>/dev/null)
 python3 - "$sherd" "$anchor" <<'PYEOF'
 import json, sys
-s, a = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-z = a.get("zero1_ms") or a.get("zero1_s", 0) * 1e3
+# The anchor prints an indented JSON object, possibly after other lines.
+s, a = json.loads(sys.argv[1]), json.loads(sys.argv[2][sys.argv[2].index("{"):])
+z = a["zero1_gloo_step_ms"]
 print(f"params {s['params']}, W={s['world']}")
 print(f"  sherd step         {s['step_ms']:8.1f} ms  (rs {s['reduce_scatter_ms']:.1f}, norm {s['norm_ms']:.1f}, "
       f"opt {s['optimizer_ms']:.1f}, ag {s['all_gather_ms']:.1f})")
