@@ -14,6 +14,17 @@
 //     auto r = client->Step({.lr = 1e-3f});     // params in P are updated
 //   }
 //
+// A GPU trainer (server started with --device cuda, same host and GPU):
+//   auto info = client->Register(model).value();  // info.device_buffers
+//   float* p = client->params().data();           // DEVICE pointers
+//   float* g = client->grads().data();
+//   cudaMemcpy(p, init, bytes, cudaMemcpyHostToDevice);  // initial values
+//   client->InitParams();
+//   for (...) {
+//     Forward(p, stream); Backward(g, stream);    // kernels read P, write G
+//     client->Step({.lr = 1e-3f, .cuda_stream = stream});  // waits for stream
+//   }
+//
 // Data plane: by default the server's param buffer P and grad buffer G are
 // mapped from shared memory (same host), so Step copies nothing; when the
 // server keeps its state on a GPU (--device cuda) they are that GPU's

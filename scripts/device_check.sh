@@ -145,6 +145,16 @@ run() {
     grep -E '^\[ +(PASSED|SKIPPED) +\] [0-9]+ tests?|^\[ +FAILED +\]' \
       "$OUTDIR/$name.log" || true
   done
+  # On a machine with a GPU a skipped CUDA test means the tests did not
+  # reach it (driver, visibility): that is a failure, not a green run.
+  if nvidia-smi -L >/dev/null 2>&1 &&
+     grep -l '^\[  SKIPPED \]' "$OUTDIR"/*.log >/dev/null 2>&1; then
+    echo "device_check: CUDA tests SKIPPED although nvidia-smi sees a GPU:" |
+      tee -a "$OUTDIR/summary.txt"
+    grep -h -A1 '^\[ RUN' "$OUTDIR"/*.log | grep -i 'skip' | head -n 5 |
+      tee -a "$OUTDIR/summary.txt" || true
+    failed=1
+  fi
   step "$BENCH" 60 "$PACK/bin/$BENCH" > "$OUTDIR/$BENCH.json" \
     2> "$OUTDIR/$BENCH.log" || true
   cat "$OUTDIR/$BENCH.json"

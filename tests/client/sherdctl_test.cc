@@ -53,6 +53,8 @@ TEST_F(SherdctlTest, StatusTensorsWhereInspect) {
   EXPECT_NE(r.out.find("model demo: 2 tensors"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("SERVING"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find(server_->address()), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("DEVICE"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(" cpu "), std::string::npos) << r.out;
 
   r = Ctl({"tensors"});
   EXPECT_EQ(r.code, 0);
@@ -80,6 +82,7 @@ TEST_F(SherdctlTest, JsonOutput) {
   auto r = Ctl({"--json", "status"});
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("\"last_step\":\"1\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"device\":\"cpu\""), std::string::npos) << r.out;
   r = Ctl({"--json", "inspect", "layer.bias", "--state", "exp_avg_sq"});
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("\"count\": \"8\""), std::string::npos) << r.out;
