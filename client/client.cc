@@ -143,10 +143,10 @@ absl::StatusOr<RegisterInfo> Client::Register(const ModelDef& model) {
   d.info.device_buffers = false;
   d.info.device = resp.device().empty() ? "cpu" : resp.device();
   const bool device_state = !resp.params().cuda_ipc_handle().empty();
+  // GPU state has no shm name: a trainer that does not map it (a CPU
+  // trainer) falls through to host views and inline transfers.
   if (d.options.use_shared_memory && device_state && d.options.map_device_buffers) {
     RETURN_IF_ERROR(d.MapDeviceBuffers(resp));
-  } else if (device_state) {
-    // A CPU trainer of GPU state: host views, inline transfers.
   } else if (d.options.use_shared_memory && !resp.params().shm_name().empty()) {
     auto p = ShmRegion::Open(resp.params().shm_name(), resp.params().bytes());
     auto g = ShmRegion::Open(resp.grads().shm_name(), resp.grads().bytes());

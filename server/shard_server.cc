@@ -177,19 +177,12 @@ absl::StatusOr<v1::CheckpointRestoreResponse> ShardServer::RestoreCheckpoint(
         return absl::FailedPreconditionError(
             absl::StrCat("nothing prepared to commit for '", req.name(), "'"));
       }
-      if (absl::Status s = Checkpointer::Apply(*staged_restore_, *m); !s.ok()) {
+      if (absl::Status s = AdoptRestored(*staged_restore_, *m); !s.ok()) {
         MarkUnhealthy(absl::StrCat("restore of ", staged_restore_->name, ": ", s.message()));
         return s;
       }
-      absl::MutexLock l(&stats_mu_);
-      initialized_ = true;
-      next_step_ = staged_restore_->step + 1;
-      adam_step_ = staged_restore_->counters["adam_step"];
-      steps_applied_ = staged_restore_->counters["steps_applied"];
-      steps_skipped_ = staged_restore_->counters["steps_skipped"];
-      restored_from_ = staged_restore_->name;
-      recent_.clear();  // responses of steps that no longer happened
-      SHERD_LOG(Info, "restored %s: next step %d", staged_restore_->name, next_step_);
+      SHERD_LOG(Info, "restored %s: next step %d", staged_restore_->name,
+                staged_restore_->step + 1);
       break;
     }
     case v1::CheckpointRestoreRequest::ABORT:
@@ -202,6 +195,23 @@ absl::StatusOr<v1::CheckpointRestoreResponse> ShardServer::RestoreCheckpoint(
   resp.set_name(staged_restore_->name);
   if (req.phase() == v1::CheckpointRestoreRequest::COMMIT) staged_restore_.reset();
   return resp;
+}
+
+absl::Status ShardServer::AdoptRestored(const RestoredState& r, ModelState& m) {
+  RETURN_IF_ERROR(Checkpointer::Apply(r, m));
+  auto counter = [&](const std::string& key) -> int64_t {
+    auto it = r.counters.find(key);
+    return it == r.counters.end() ? 0 : it->second;
+  };
+  absl::MutexLock l(&stats_mu_);
+  initialized_ = true;
+  next_step_ = r.step + 1;
+  adam_step_ = counter("adam_step");
+  steps_applied_ = counter("steps_applied");
+  steps_skipped_ = counter("steps_skipped");
+  restored_from_ = r.name;
+  recent_.clear();  // responses of steps that no longer happened
+  return absl::OkStatus();
 }
 
 v1::CheckpointStatusResponse ShardServer::CheckpointStatus() const {
@@ -292,16 +302,7 @@ absl::StatusOr<v1::RegisterResponse> ShardServer::Register(
       // A failed restore registers nothing: the state is never a mix.
       ASSIGN_OR_RETURN(std::optional<RestoredState> restored,
                        checkpointer_->Load(*m, options_.checkpoint.restore));
-      if (restored) {
-        RETURN_IF_ERROR(Checkpointer::Apply(*restored, *m));
-        absl::MutexLock l(&stats_mu_);
-        initialized_ = true;
-        next_step_ = restored->step + 1;
-        adam_step_ = restored->counters["adam_step"];
-        steps_applied_ = restored->counters["steps_applied"];
-        steps_skipped_ = restored->counters["steps_skipped"];
-        restored_from_ = restored->name;
-      }
+      if (restored) RETURN_IF_ERROR(AdoptRestored(*restored, *m));
     }
     absl::MutexLock l(&model_mu_);
     model_ = m;

@@ -107,6 +107,9 @@ class ShardServer {
   absl::Status StartCheckpointLocked(const ModelState& m, int64_t step)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
   absl::StatusOr<float*> BufferFor(const ModelState& m, v1::BufferKind kind) const;
+  // Copies a loaded checkpoint into `m` and takes over its step counters.
+  absl::Status AdoptRestored(const RestoredState& r, ModelState& m)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
 
   const ServerOptions options_;
   const absl::Time started_;
