@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -20,6 +21,7 @@
 #include "server/service/admin_service.h"
 #include "server/service/trainer_service.h"
 #include "server/shard_server.h"
+#include "server/state/shm_names.h"
 
 namespace sherd {
 namespace {
@@ -80,6 +82,16 @@ absl::Status RunServer(const ServerConfig& given) {
 
   absl::StatusOr<GpuBackend> gpu = ResolveDevice(config);
   if (!gpu.ok()) return gpu.status();
+
+  if (config.shm_prefix.empty()) {
+    // Segments of servers that were killed (ours, if this is a restarted
+    // container with the same pid): their memory, and a name we may need.
+    StaleSegments stale = RemoveStaleSegments("/dev/shm", getpid());
+    if (stale.removed > 0) {
+      SHERD_LOG(Info, "removed %d shared-memory segments (%d MiB) left by servers that died",
+                stale.removed, stale.bytes >> 20);
+    }
+  }
 
   ServerOptions opts;
   opts.state_memory = gpu->memory;

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "server/state/shm_names.h"
 #include "server/step/step_pipeline.h"
 
 namespace sherd {
@@ -88,11 +89,6 @@ absl::StatusOr<ModelSpec> SpecFromProto(const v1::RegisterRequest& req) {
     spec.tensors.push_back(std::move(d));
   }
   return spec;
-}
-
-std::string DefaultShmPrefix(int rank) {
-  static std::atomic<int> counter{0};
-  return absl::StrCat("/sherd.", getpid(), ".r", rank, ".", counter++);
 }
 
 }  // namespace

@@ -40,7 +40,6 @@ class Trainers {
       c = std::move(*made);
       auto info = c->Register(Model());
       ASSERT_TRUE(info.ok()) << info.status();
-      infos_.push_back(*info);
       if (!info->initialized) {
         size_t k = 0;
         for (const auto& t : Model().tensors)
@@ -80,7 +79,6 @@ class Trainers {
     for (auto& t : ts) t.join();
   }
   std::vector<std::unique_ptr<Client>> clients_;
-  std::vector<RegisterInfo> infos_;
 };
 
 class CheckpointTest : public ::testing::Test {

@@ -53,6 +53,28 @@ TEST_P(SignalTest, ShutsDownCleanlyAndUnlinksSharedMemory) {
 
 INSTANTIATE_TEST_SUITE_P(Signals, SignalTest, ::testing::Values(SIGTERM, SIGINT));
 
+// A SIGKILLed server cannot unlink its P and G; the next server to start on
+// the host removes them (and would free the name for a restarted container
+// that gets the same pid).
+TEST(Lifecycle, NextServerRemovesTheSegmentsOfAKilledOne) {
+  auto killed = ServerProcess::Start();
+  ASSERT_TRUE(killed.ok()) << killed.status();
+  RegisterSmall(killed->address());
+  const std::string prefix = "sherd." + std::to_string(killed->process().pid()) + ".r0.";
+  EXPECT_TRUE(ShmExists(prefix));
+  killed->process().Signal(SIGKILL);
+  auto code = killed->process().Wait(absl::Seconds(30));
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 128 + SIGKILL);
+  // Left behind now (not asserted: a server another test starts meanwhile
+  // may already have swept them).
+
+  auto next = ServerProcess::Start();
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_FALSE(ShmExists(prefix));
+  EXPECT_EQ(next->Stop().value_or(-1), 0);
+}
+
 TEST(Lifecycle, ServesOnAUnixSocket) {
   std::string path = "/tmp/sherd-test-" + std::to_string(getpid()) + ".sock";
   auto s = ServerProcess::Start({}, "unix:" + path);

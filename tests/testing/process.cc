@@ -5,7 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -33,9 +33,15 @@ absl::StatusOr<Process> Process::Start(std::vector<std::string> argv,
   std::vector<char*> env;
   for (auto& e : env_strings) env.push_back(e.data());
   env.push_back(nullptr);
+  const pid_t parent = getpid();
   pid_t pid = fork();
   if (pid < 0) return absl::InternalError("fork failed");
   if (pid == 0) {
+    // The child dies with the test: a test that crashes must not leave
+    // servers behind holding ctest's output pipe (ctest would then wait for
+    // its timeout instead of reporting the crash).
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
     dup2(fds[1], 1);
     // Unblock the signals a test runner may have blocked.
     sigset_t all;

@@ -16,6 +16,9 @@ namespace sherd::testing {
 class Process {
  public:
   // Starts `argv[0]` with arguments; stdout is captured, stderr inherited.
+  // The child is SIGKILLed when the thread that started it exits
+  // (PR_SET_PDEATHSIG), so start children from a thread that outlives
+  // them (the test's main thread).
   static absl::StatusOr<Process> Start(std::vector<std::string> argv,
                                        std::vector<std::string> extra_env = {});
   Process() = default;
