@@ -168,9 +168,15 @@ absl::Status Checkpointer::Commit(const ModelSpec& spec, int64_t step,
 }
 
 bool Checkpointer::WaitIdle(absl::Duration timeout) {
-  absl::MutexLock l(&mu_);
-  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !committing_; };
-  return mu_.AwaitWithTimeout(absl::Condition(&idle), timeout);
+  {
+    absl::MutexLock l(&mu_);
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !committing_; };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&idle), timeout)) return false;
+  }
+  // committing_ clears inside the saver's done callback; the saver itself
+  // is free a moment later, and only then does Start accept a new save.
+  (void)saver_.Wait();
+  return true;
 }
 
 Checkpointer::Status Checkpointer::status() const {

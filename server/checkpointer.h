@@ -7,7 +7,8 @@
 // other than 0 reports its shard (or its error) to rank 0 through the
 // rendezvous store; rank 0 writes the manifest and commits only when every
 // rank has reported success, then applies retention. At most one save is in
-// flight per rank; the destructor waits for it.
+// flight per rank (Start is FAILED_PRECONDITION otherwise; the server waits
+// with WaitIdle before an every-K save); the destructor waits for it.
 //
 // Restore: at Register, the newest checkpoint that verifies and matches the
 // model (or the one named) is loaded: the rank's slice of master and moments
@@ -80,7 +81,8 @@ class Checkpointer {
   };
   Status status() const;
   // Waits until no save is in flight here (written, reported and, on rank
-  // 0, committed or aborted); false if the timeout passed first.
+  // 0, committed or aborted) and Start would accept a new one; false if the
+  // timeout passed first.
   bool WaitIdle(absl::Duration timeout);
 
   // Reads `which` ("newest", "none" or a checkpoint name) for `model`'s

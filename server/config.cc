@@ -101,7 +101,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
                  "Directory for checkpoints (shared by every rank)")
       ->envname("SHERD_CHECKPOINT_DIR");
   app.add_option("--checkpoint-every", c.checkpoint_every,
-                 "Save after every K-th step (0: only when asked)")
+                 "Save after every K-th step (0: only when asked); a step due while the previous save is still writing waits for it")
       ->envname("SHERD_CHECKPOINT_EVERY")->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--checkpoint-keep", c.checkpoint_keep, "Committed checkpoints to keep")
       ->envname("SHERD_CHECKPOINT_KEEP")->check(CLI::PositiveNumber)->capture_default_str();

@@ -425,6 +425,23 @@ absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
   }
   const int every = options_.checkpoint.every;
   if (checkpointer_ && every > 0 && req.step() % every == 0) {
+    // Every K steps means every K steps: when the previous save is still
+    // writing (storage slower than K steps of training), this step waits
+    // for it instead of dropping a checkpoint. Every rank decides the same
+    // way, so all of them save this step.
+    if (Checkpointer::Status prev = checkpointer_->status(); prev.in_flight) {
+      const absl::Time t0 = absl::Now();
+      const bool idle = checkpointer_->WaitIdle(options_.checkpoint.report_timeout);
+      const double waited = absl::ToDoubleSeconds(absl::Now() - t0);
+      // A wait worth a warning: training visibly paused for storage.
+      const bool notable = !idle || waited >= 1.0;
+      if (notable || LogEnabled(LogLevel::kDebug)) {
+        Log(notable ? LogLevel::kWarning : LogLevel::kDebug,
+            "checkpoint at step %d waited %.1f s for the save of step %d%s: "
+            "saving takes longer than %d step(s) of training",
+            req.step(), waited, prev.step, idle ? "" : " and gave up", every);
+      }
+    }
     absl::Status s = StartCheckpointLocked(*m, req.step());
     if (!s.ok()) SHERD_LOG(Warning, "checkpoint at step %d: %s", req.step(), s.message());
   }

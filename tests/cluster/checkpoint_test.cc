@@ -3,6 +3,7 @@
 // checkpoint is refused, never loaded.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -189,6 +190,28 @@ TEST_F(CheckpointTest, EveryKStepsTrainerTriggeredAndOfflineTools) {
   EXPECT_EQ(exported.code, 0) << exported.out;
   ASSERT_TRUE(fs::exists(out));
   EXPECT_GT(fs::file_size(out), (1050 + 13 + 301) * 4u);
+}
+
+// Saves every step: each one is due while the previous is usually still
+// writing, and the step waits for it, so none is dropped and no rank leaves
+// a save nobody commits.
+TEST_F(CheckpointTest, EveryKStepsNeverDropsASaveThatIsDueWhileOneIsWriting) {
+  {
+    auto cluster = ClusterProcess::Start(
+        2, {"--checkpoint-dir", dir_.string(), "--checkpoint-every", "1", "--checkpoint-keep", "100"});
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    Trainers t(*cluster, 2);
+    t.Steps(12);
+    EXPECT_TRUE(cluster->Stop());
+  }
+  for (int s = 1; s <= 12; ++s) {
+    char name[32];
+    std::snprintf(name, sizeof name, "ckpt-%012d", s);
+    EXPECT_TRUE(fs::exists(dir_ / name / "MANIFEST")) << name;
+  }
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    EXPECT_EQ(e.path().filename().string().rfind(".tmp", 0), std::string::npos) << e.path();
+  }
 }
 
 TEST_F(CheckpointTest, CorruptCheckpointIsRefusedNotLoaded) {
