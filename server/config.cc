@@ -58,7 +58,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
                  "Largest gRPC message accepted")
       ->envname("SHERD_MAX_MESSAGE_BYTES")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--shm-prefix", c.shm_prefix,
-                 "Name prefix of the shared-memory buffers (must start with /)")
+                 "Name prefix of the shared-memory buffers (must start with /); the default, /sherd.<pid>.r<rank>.<n>, is the one whose leftovers from killed servers are removed at start")
       ->envname("SHERD_SHM_PREFIX");
   app.add_option("--address-file", c.address_file,
                  "Write the bound address to this file once serving (- prints \"listening on ADDR\" to stdout)")

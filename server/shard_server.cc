@@ -291,9 +291,16 @@ absl::StatusOr<v1::RegisterResponse> ShardServer::Register(
     std::string prefix = options_.shm_prefix.empty()
                              ? DefaultShmPrefix(options_.rank)
                              : options_.shm_prefix;
-    ASSIGN_OR_RETURN(m, ModelState::Create(std::move(spec), std::move(layout),
-                                           options_.rank, prefix,
-                                           options_.state_memory));
+    absl::StatusOr<std::unique_ptr<ModelState>> made = ModelState::Create(
+        std::move(spec), std::move(layout), options_.rank, prefix, options_.state_memory);
+    if (absl::IsAlreadyExists(made.status()) && !options_.shm_prefix.empty()) {
+      // Default names are swept at start; a chosen prefix is the operator's.
+      return absl::AlreadyExistsError(absl::StrCat(
+          made.status().message(), ": another server runs with --shm-prefix ", prefix,
+          ", or one that was killed left its buffers; if none runs, remove /dev/shm",
+          prefix, ".params and .grads"));
+    }
+    ASSIGN_OR_RETURN(m, std::move(made));
     if (checkpointer_ != nullptr) {
       // A failed restore registers nothing: the state is never a mix.
       ASSIGN_OR_RETURN(std::optional<RestoredState> restored,

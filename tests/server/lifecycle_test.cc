@@ -53,6 +53,26 @@ TEST_P(SignalTest, ShutsDownCleanlyAndUnlinksSharedMemory) {
 
 INSTANTIATE_TEST_SUITE_P(Signals, SignalTest, ::testing::Values(SIGTERM, SIGINT));
 
+// A chosen --shm-prefix is never swept: a name in use is refused, saying
+// what to do.
+TEST(Lifecycle, ATakenShmPrefixIsRefusedWithWhatToDo) {
+  const std::string prefix = "/sherd-test." + std::to_string(getpid()) + ".taken";
+  auto first = ServerProcess::Start({"--shm-prefix", prefix});
+  ASSERT_TRUE(first.ok()) << first.status();
+  RegisterSmall(first->address());
+  auto second = ServerProcess::Start({"--shm-prefix", prefix});
+  ASSERT_TRUE(second.ok()) << second.status();
+  auto c = Client::Connect(second->address());
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto r = (*c)->Register(ModelDef{.name = "m", .tensors = {{"x", {100}, ""}}, .groups = {}});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kAlreadyExists) << r.status();
+  EXPECT_NE(r.status().message().find("--shm-prefix " + prefix), std::string::npos) << r.status();
+  EXPECT_NE(r.status().message().find("remove /dev/shm" + prefix + ".params"), std::string::npos)
+      << r.status();
+  EXPECT_EQ(second->Stop().value_or(-1), 0);
+  EXPECT_EQ(first->Stop().value_or(-1), 0);
+}
+
 // A SIGKILLed server cannot unlink its P and G; the next server to start on
 // the host removes them (and would free the name for a restarted container
 // that gets the same pid).
