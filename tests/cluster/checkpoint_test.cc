@@ -92,6 +92,22 @@ class CheckpointTest : public ::testing::Test {
   std::vector<std::string> Flags(std::string restore) {
     return {"--checkpoint-dir", dir_.string(), "--restore", restore};
   }
+  // Two ranks saving every `every` steps, trained to `steps` and stopped
+  // (shutdown waits for the save in flight).
+  void TrainWithPeriodicSaves(int every, int keep, int steps) {
+    auto cluster = ClusterProcess::Start(
+        2, {"--checkpoint-dir", dir_.string(), "--checkpoint-every", std::to_string(every),
+            "--checkpoint-keep", std::to_string(keep)});
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    Trainers t(*cluster, 2);
+    t.Steps(steps);
+    EXPECT_TRUE(cluster->Stop());
+  }
+  void ExpectNoTempDirs() {
+    for (const auto& e : fs::directory_iterator(dir_)) {
+      EXPECT_EQ(e.path().filename().string().rfind(".tmp", 0), std::string::npos) << e.path();
+    }
+  }
   fs::path dir_;
 };
 
@@ -163,20 +179,11 @@ TEST_F(CheckpointTest, RuntimeRestoreRewindsEveryRankAndTrainingReplaysIdentical
 }
 
 TEST_F(CheckpointTest, EveryKStepsTrainerTriggeredAndOfflineTools) {
-  {
-    auto cluster = ClusterProcess::Start(
-        2, {"--checkpoint-dir", dir_.string(), "--checkpoint-every", "4", "--checkpoint-keep", "2"});
-    ASSERT_TRUE(cluster.ok()) << cluster.status();
-    Trainers t(*cluster, 2);
-    t.Steps(8);
-    // Shutdown waits for the save in flight, so after Stop both are there.
-    EXPECT_TRUE(cluster->Stop());
-  }
+  TrainWithPeriodicSaves(/*every=*/4, /*keep=*/2, /*steps=*/8);
+  ASSERT_FALSE(HasFatalFailure());
   EXPECT_TRUE(fs::exists(dir_ / "ckpt-000000000004"));
   EXPECT_TRUE(fs::exists(dir_ / "ckpt-000000000008"));
-  for (const auto& e : fs::directory_iterator(dir_)) {
-    EXPECT_EQ(e.path().filename().string().rfind(".tmp", 0), std::string::npos) << e.path();
-  }
+  ExpectNoTempDirs();
   auto verify = RunProgram({SHERDCTL_BIN, "checkpoint", "verify", "--dir", dir_.string(),
                             "ckpt-000000000008"});
   EXPECT_EQ(verify.code, 0) << verify.out;
@@ -196,22 +203,14 @@ TEST_F(CheckpointTest, EveryKStepsTrainerTriggeredAndOfflineTools) {
 // writing, and the step waits for it, so none is dropped and no rank leaves
 // a save nobody commits.
 TEST_F(CheckpointTest, EveryKStepsNeverDropsASaveThatIsDueWhileOneIsWriting) {
-  {
-    auto cluster = ClusterProcess::Start(
-        2, {"--checkpoint-dir", dir_.string(), "--checkpoint-every", "1", "--checkpoint-keep", "100"});
-    ASSERT_TRUE(cluster.ok()) << cluster.status();
-    Trainers t(*cluster, 2);
-    t.Steps(12);
-    EXPECT_TRUE(cluster->Stop());
-  }
+  TrainWithPeriodicSaves(/*every=*/1, /*keep=*/100, /*steps=*/12);
+  ASSERT_FALSE(HasFatalFailure());
   for (int s = 1; s <= 12; ++s) {
     char name[32];
     std::snprintf(name, sizeof name, "ckpt-%012d", s);
     EXPECT_TRUE(fs::exists(dir_ / name / "MANIFEST")) << name;
   }
-  for (const auto& e : fs::directory_iterator(dir_)) {
-    EXPECT_EQ(e.path().filename().string().rfind(".tmp", 0), std::string::npos) << e.path();
-  }
+  ExpectNoTempDirs();
 }
 
 TEST_F(CheckpointTest, CorruptCheckpointIsRefusedNotLoaded) {
