@@ -1,8 +1,5 @@
 #include "server/shard_server.h"
 
-#include <unistd.h>
-
-#include <atomic>
 #include <cstring>
 
 #include "absl/container/flat_hash_map.h"
@@ -442,12 +439,10 @@ absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
       const double waited = absl::ToDoubleSeconds(absl::Now() - t0);
       // A wait worth a warning: training visibly paused for storage.
       const bool notable = !idle || waited >= 1.0;
-      if (notable || LogEnabled(LogLevel::kDebug)) {
-        Log(notable ? LogLevel::kWarning : LogLevel::kDebug,
-            "checkpoint at step %d waited %.1f s for the save of step %d%s: "
-            "saving takes longer than %d step(s) of training",
-            req.step(), waited, prev.step, idle ? "" : " and gave up", every);
-      }
+      Log(notable ? LogLevel::kWarning : LogLevel::kDebug,
+          "checkpoint at step %d waited %.1f s for the save of step %d%s: "
+          "saving takes longer than %d step(s) of training",
+          req.step(), waited, prev.step, idle ? "" : " and gave up", every);
     }
     absl::Status s = StartCheckpointLocked(*m, req.step());
     if (!s.ok()) SHERD_LOG(Warning, "checkpoint at step %d: %s", req.step(), s.message());
