@@ -10,6 +10,7 @@
 #include "common/grpc_status.h"
 #include "common/shm_region.h"
 #include "common/status_macros.h"
+#include "sherd/v1/admin.grpc.pb.h"
 #include "sherd/v1/trainer.grpc.pb.h"
 
 namespace sherd {
@@ -19,6 +20,7 @@ struct Client::Impl {
   std::string address;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::Trainer::Stub> stub;
+  std::unique_ptr<v1::Admin::Stub> admin;
   bool registered = false;
   Layout layout;
   RegisterInfo info;
@@ -98,6 +100,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
         absl::FormatDuration(options.deadline)));
   }
   impl->stub = v1::Trainer::NewStub(impl->channel);
+  impl->admin = v1::Admin::NewStub(impl->channel);
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
@@ -172,6 +175,7 @@ absl::StatusOr<RegisterInfo> Client::Register(const ModelDef& model) {
   d.info.reattached = resp.reattached();
   d.info.initialized = resp.initialized();
   d.info.next_step = resp.next_step();
+  d.info.adam_step = resp.adam_step();
   d.info.rank = resp.rank();
   d.info.world_size = resp.world_size();
   d.next_step = resp.next_step();
@@ -182,7 +186,7 @@ absl::StatusOr<RegisterInfo> Client::Register(const ModelDef& model) {
   return d.info;
 }
 
-absl::Status Client::InitParams(bool force) {
+absl::Status Client::InitParams(bool force, int64_t adam_step) {
   Impl& d = *impl_;
   RETURN_IF_ERROR(d.RequireRegistered());
   if (!d.info.shared_memory) {
@@ -190,6 +194,7 @@ absl::Status Client::InitParams(bool force) {
   }
   v1::InitParamsRequest req;
   req.set_force(force);
+  req.set_adam_step(adam_step);
   v1::InitParamsResponse resp;
   grpc::ClientContext ctx;
   d.SetDeadline(ctx);
@@ -212,6 +217,15 @@ absl::StatusOr<StepResult> Client::Impl::Step(const StepOptions& o) {
   req.set_lr(o.lr);
   req.set_grad_scale(o.grad_scale);
   req.set_max_grad_norm(o.max_grad_norm);
+  for (const GroupStepOptions& g : o.groups) {
+    v1::GroupStepParams* p = req.add_groups();
+    p->set_name(g.name);
+    p->set_lr(g.lr);
+    p->set_beta1(g.beta1);
+    p->set_beta2(g.beta2);
+    p->set_eps(g.eps);
+    p->set_weight_decay(g.weight_decay);
+  }
   v1::StepResponse resp;
   absl::Duration backoff = options.retry_backoff;
   int attempt = 0;
@@ -265,6 +279,22 @@ absl::StatusOr<int64_t> Client::Checkpoint() {
   v1::CheckpointResponse resp;
   RETURN_IF_ERROR(FromGrpcStatus(d.stub->Checkpoint(&ctx, v1::CheckpointRequest(), &resp)));
   return resp.step();
+}
+
+absl::StatusOr<CheckpointProgress> Client::CheckpointStatus() {
+  Impl& d = *impl_;
+  grpc::ClientContext ctx;
+  d.SetDeadline(ctx);
+  v1::CheckpointStatusResponse resp;
+  RETURN_IF_ERROR(FromGrpcStatus(
+      d.admin->CheckpointStatus(&ctx, v1::CheckpointStatusRequest(), &resp)));
+  return CheckpointProgress{.enabled = resp.enabled(),
+                            .in_flight = resp.in_flight(),
+                            .step = resp.step(),
+                            .last_committed_step = resp.last_committed_step(),
+                            .last_committed = resp.last_committed(),
+                            .last_error = resp.last_error(),
+                            .restored_from = resp.restored_from()};
 }
 
 absl::Status Client::Impl::Push(v1::BufferKind kind, std::span<const float> data,
@@ -329,6 +359,22 @@ absl::Status Client::FetchParams(std::span<float> out, int64_t offset) {
 }
 absl::Status Client::FetchGrads(std::span<float> out, int64_t offset) {
   return impl_->Fetch(v1::BUFFER_GRADS, out, offset);
+}
+
+static v1::BufferKind StateKind(Client::State s) {
+  switch (s) {
+    case Client::State::kMaster: return v1::BUFFER_MASTER;
+    case Client::State::kExpAvg: return v1::BUFFER_EXP_AVG;
+    case Client::State::kExpAvgSq: return v1::BUFFER_EXP_AVG_SQ;
+  }
+  return v1::BUFFER_UNSPECIFIED;
+}
+absl::Status Client::FetchState(State which, std::span<float> out, int64_t offset) {
+  return impl_->Fetch(StateKind(which), out, offset);
+}
+absl::Status Client::PushState(State which, std::span<const float> data,
+                               int64_t offset) {
+  return impl_->Push(StateKind(which), data, offset);
 }
 
 const Layout& Client::layout() const { return impl_->layout; }

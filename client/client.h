@@ -90,6 +90,7 @@ struct RegisterInfo {
   bool reattached = false;
   bool initialized = false;
   int64_t next_step = 1;
+  int64_t adam_step = 0;  // applied steps so far
   int rank = 0;
   int world_size = 1;
   bool shared_memory = false;
@@ -102,8 +103,21 @@ struct RegisterInfo {
   bool device_buffers = false;
 };
 
+// One param group's hyperparameters for one step (what a torch optimizer's
+// param_groups hold); replaces the group's registered values, lr_scale
+// included, for that step.
+struct GroupStepOptions {
+  std::string name;  // "default" or a registered group
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0.01f;
+};
+
 struct StepOptions {
   float lr = 1e-3f;
+  std::vector<GroupStepOptions> groups;  // per-group overrides (may be empty)
   float grad_scale = 1.0f;
   float max_grad_norm = 0.0f;  // 0: no clipping
   // GPU state mapped through CUDA IPC: the stream the trainer's backward
@@ -126,6 +140,17 @@ struct StepResult {
   double reduce_scatter_ms = 0, norm_ms = 0, optimizer_ms = 0, all_gather_ms = 0;
 };
 
+// This server's checkpoint progress (the admin service's CheckpointStatus).
+struct CheckpointProgress {
+  bool enabled = false;           // the server has a checkpoint directory
+  bool in_flight = false;         // a save is being written or committed
+  int64_t step = 0;               // of the latest save started
+  int64_t last_committed_step = 0;  // rank 0 only
+  std::string last_committed;       // rank 0 only
+  std::string last_error;
+  std::string restored_from;      // checkpoint loaded at Register, if any
+};
+
 class Client {
  public:
   static absl::StatusOr<std::unique_ptr<Client>> Connect(
@@ -133,8 +158,10 @@ class Client {
   ~Client();
 
   absl::StatusOr<RegisterInfo> Register(const ModelDef& model);
-  // Copies P into the fp32 master copy and zeroes the moments.
-  absl::Status InitParams(bool force = false);
+  // Copies P into the fp32 master copy and zeroes the moments; the optimizer
+  // continues from `adam_step` applied steps (0: fresh; a loaded state
+  // passes its count, then pushes its moments with PushState).
+  absl::Status InitParams(bool force = false, int64_t adam_step = 0);
 
   // One optimizer step with the next step id.
   absl::StatusOr<StepResult> Step(const StepOptions& options);
@@ -144,6 +171,7 @@ class Client {
   // (every trainer of a cluster calls it after the same step; rank 0
   // commits once all ranks have written). Returns the step being saved.
   absl::StatusOr<int64_t> Checkpoint();
+  absl::StatusOr<CheckpointProgress> CheckpointStatus();
 
   // Inline data plane (works with or without shared memory). Offsets are in
   // elements of the flat layout.
@@ -151,6 +179,11 @@ class Client {
   absl::Status PushParams(std::span<const float> params, int64_t offset = 0);
   absl::Status FetchParams(std::span<float> out, int64_t offset = 0);
   absl::Status FetchGrads(std::span<float> out, int64_t offset = 0);
+  // The optimizer state of the server's owned slice (layout().Slice(rank));
+  // offsets are flat-layout offsets inside it.
+  enum class State { kMaster, kExpAvg, kExpAvgSq };
+  absl::Status FetchState(State which, std::span<float> out, int64_t offset);
+  absl::Status PushState(State which, std::span<const float> data, int64_t offset);
 
   // Views, valid after Register.
   const Layout& layout() const;

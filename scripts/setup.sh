@@ -10,7 +10,7 @@ PKGS=(
   libabsl-dev libgloo-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev libxxhash-dev libopenblas-dev
-  python3
+  python3 python3-venv python3-dev
 )
 # Extra packages only the benchmarks and fixture generation need.
 if [[ "${1:-}" == "--bench" ]]; then
@@ -35,10 +35,21 @@ else
   echo "setup: all ${#PKGS[@]} packages present"
 fi
 
-# Benchmarks and anchors: the newest torch and deepspeed from PyPI, in .venv.
+# The project's virtual environment (.venv): torch (2.x), the Python
+# package's build tools (nanobind, scikit-build-core) and pytest, from PyPI.
+# scripts/build.sh installs sherd itself into it.
+cd "$(dirname "$0")/.."
+[[ -x .venv/bin/python ]] || python3 -m venv .venv
+PY_PKGS=("torch>=2.1" "nanobind>=2.0" "scikit-build-core>=0.10" pytest numpy)
+if ! .venv/bin/python -c "import torch, nanobind, scikit_build_core, pytest, numpy" 2>/dev/null; then
+  echo "setup: installing ${PY_PKGS[*]} into .venv (torch brings a few GB)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q "${PY_PKGS[@]}"
+else
+  echo "setup: .venv has torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
+fi
+
+# Benchmarks and anchors: deepspeed (its CPU Adam), ninja to build it.
 if [[ "${1:-}" == "--bench" ]]; then
-  cd "$(dirname "$0")/.."
-  [[ -x .venv/bin/python ]] || python3 -m venv .venv
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q torch deepspeed ninja kubernetes-validate
+  .venv/bin/python -m pip install -q deepspeed ninja kubernetes-validate
 fi

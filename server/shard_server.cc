@@ -88,6 +88,31 @@ absl::StatusOr<ModelSpec> SpecFromProto(const v1::RegisterRequest& req) {
   return spec;
 }
 
+// A step's per-group hyperparameters, by group index. Values are checked
+// by ValidateStepArgs; names here.
+absl::StatusOr<std::vector<std::optional<AdamWHyper>>> GroupOverridesFromProto(
+    const v1::StepRequest& req, const ModelSpec& spec) {
+  std::vector<std::optional<AdamWHyper>> out;
+  if (req.groups().empty()) return out;
+  out.resize(spec.groups.size());
+  for (const v1::GroupStepParams& g : req.groups()) {
+    const std::string name = g.name().empty() ? "default" : g.name();
+    size_t i = 0;
+    while (i < spec.groups.size() && spec.groups[i].name != name) ++i;
+    if (i == spec.groups.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "step names param group '", name, "', which the model does not have"));
+    }
+    if (out[i]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("step names param group '", name, "' twice"));
+    }
+    out[i] = AdamWHyper{.lr = g.lr(), .beta1 = g.beta1(), .beta2 = g.beta2(),
+                        .eps = g.eps(), .weight_decay = g.weight_decay()};
+  }
+  return out;
+}
+
 }  // namespace
 
 ShardServer::ShardServer(ServerOptions options,
@@ -316,6 +341,7 @@ absl::StatusOr<v1::RegisterResponse> ShardServer::Register(
     absl::MutexLock l(&stats_mu_);
     resp.set_initialized(initialized_);
     resp.set_next_step(next_step_);
+    resp.set_adam_step(adam_step_);
   }
   resp.set_rank(options_.rank);
   resp.set_world_size(options_.world_size);
@@ -348,11 +374,16 @@ absl::StatusOr<v1::InitParamsResponse> ShardServer::InitParams(
         "params are already initialized; pass force to reset the optimizer "
         "state");
   }
+  if (req.adam_step() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("adam_step must be >= 0, got ", req.adam_step()));
+  }
   RETURN_IF_ERROR(m->ResetOptimizerState());
   initialized_ = true;
-  adam_step_ = 0;
+  adam_step_ = req.adam_step();
   v1::InitParamsResponse resp;
   resp.set_next_step(next_step_);
+  resp.set_adam_step(adam_step_);
   return resp;
 }
 
@@ -384,6 +415,7 @@ absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
   args.lr = req.lr();
   args.grad_scale = req.grad_scale() == 0 ? 1.0f : req.grad_scale();
   args.max_grad_norm = req.max_grad_norm();
+  ASSIGN_OR_RETURN(args.group_overrides, GroupOverridesFromProto(req, m->spec()));
   if (!healthy_.load()) {
     absl::MutexLock l(&stats_mu_);
     return absl::UnavailableError(absl::StrCat(
@@ -452,15 +484,45 @@ absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
 
 absl::StatusOr<float*> ShardServer::BufferFor(const ModelState& m,
                                               v1::BufferKind kind) const {
+  // The optimizer state covers the owned slice only; returned shifted so
+  // that flat-layout offsets index it (callers check the range).
+  const int64_t owned_begin = m.owned().begin;
   switch (kind) {
     case v1::BUFFER_PARAMS:
       return m.params();
     case v1::BUFFER_GRADS:
       return m.grads();
+    case v1::BUFFER_MASTER:
+      return m.master() - owned_begin;
+    case v1::BUFFER_EXP_AVG:
+      return m.exp_avg() - owned_begin;
+    case v1::BUFFER_EXP_AVG_SQ:
+      return m.exp_avg_sq() - owned_begin;
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("unknown buffer kind ", static_cast<int>(kind)));
   }
+}
+
+Range ShardServer::ValidRange(const ModelState& m, v1::BufferKind kind) {
+  if (kind == v1::BUFFER_PARAMS || kind == v1::BUFFER_GRADS) {
+    return Range{0, m.layout().total()};
+  }
+  return m.owned();
+}
+
+absl::Status ShardServer::CheckRange(const ModelState& m, v1::BufferKind kind,
+                                     int64_t offset, int64_t count) {
+  const Range r = ValidRange(m, kind);
+  if (offset < r.begin || count < 0 || offset > r.end || count > r.end - offset) {
+    const bool whole = kind == v1::BUFFER_PARAMS || kind == v1::BUFFER_GRADS;
+    return absl::InvalidArgumentError(absl::StrCat(
+        "range of ", count, " elements at ", offset, " is outside ",
+        whole ? "the buffer of " : "this rank's owned slice [",
+        whole ? absl::StrCat(r.end, " elements")
+              : absl::StrCat(r.begin, ", ", r.end, ") of the optimizer state")));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ShardServer::WriteChunk(const v1::DataChunk& chunk) {
@@ -472,12 +534,7 @@ absl::Status ShardServer::WriteChunk(const v1::DataChunk& chunk) {
         "chunk of ", data.size(), " bytes is not a whole number of floats"));
   }
   const int64_t n = static_cast<int64_t>(data.size() / sizeof(float));
-  const int64_t total = m->layout().total();
-  if (chunk.offset() < 0 || chunk.offset() > total || n > total - chunk.offset()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "chunk [", chunk.offset(), ", ", chunk.offset() + n,
-        ") is outside the buffer of ", total, " elements"));
-  }
+  RETURN_IF_ERROR(CheckRange(*m, chunk.buffer(), chunk.offset(), n));
   RETURN_IF_ERROR(m->Copy(base + chunk.offset(),
                           reinterpret_cast<const float*>(data.data()), n));
   inline_bytes_received_.fetch_add(static_cast<int64_t>(data.size()), std::memory_order_relaxed);
@@ -489,14 +546,9 @@ absl::Status ShardServer::ReadRange(
     const std::function<bool(const v1::DataChunk&)>& sink) {
   ASSIGN_OR_RETURN(std::shared_ptr<ModelState> m, RequireModel());
   ASSIGN_OR_RETURN(float* base, BufferFor(*m, req.buffer()));
-  const int64_t total = m->layout().total();
-  int64_t count = req.count() == 0 ? total - req.offset() : req.count();
-  if (req.offset() < 0 || count < 0 || req.offset() > total ||
-      count > total - req.offset()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "range [", req.offset(), ", ", req.offset() + count,
-        ") is outside the buffer of ", total, " elements"));
-  }
+  const Range valid = ValidRange(*m, req.buffer());
+  int64_t count = req.count() == 0 ? valid.end - req.offset() : req.count();
+  RETURN_IF_ERROR(CheckRange(*m, req.buffer(), req.offset(), count));
   int64_t chunk = req.chunk_elements() > 0 ? req.chunk_elements()
                                            : options_.fetch_chunk_elements;
   chunk = std::min<int64_t>(chunk, options_.fetch_chunk_elements * 4);

@@ -107,6 +107,11 @@ class ShardServer {
   absl::Status StartCheckpointLocked(const ModelState& m, int64_t step)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
   absl::StatusOr<float*> BufferFor(const ModelState& m, v1::BufferKind kind) const;
+  // The flat-layout range a buffer kind covers: all of P and G, the owned
+  // slice of the optimizer state.
+  static Range ValidRange(const ModelState& m, v1::BufferKind kind);
+  static absl::Status CheckRange(const ModelState& m, v1::BufferKind kind,
+                                 int64_t offset, int64_t count);
   // Copies a loaded checkpoint into `m` and takes over its step counters.
   absl::Status AdoptRestored(const RestoredState& r, ModelState& m)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);

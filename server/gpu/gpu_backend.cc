@@ -137,7 +137,7 @@ class GpuStepRunner final : public StepRunner {
     cargs.max_grad_norm = args.max_grad_norm;
     cargs.world_size = world;
     cargs.adam_step = args.adam_step;
-    const std::vector<AdamWSegment> segs = model.Segments(args.lr);
+    const std::vector<AdamWSegment> segs = model.Segments(args.lr, args.group_overrides);
     RETURN_IF_ERROR(step_->Apply(buf, segs, cargs, stream));
     ASSIGN_OR_RETURN(CudaStepReport report, step_->ReadReport(stream));
     out.optimizer_ms = MsSince(t);

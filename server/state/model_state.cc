@@ -103,10 +103,15 @@ absl::Status ModelState::ResetOptimizerState() const {
   return Zero(exp_avg_sq(), n);
 }
 
-std::vector<AdamWSegment> ModelState::Segments(float lr) const {
+std::vector<AdamWSegment> ModelState::Segments(
+    float lr, const std::vector<std::optional<AdamWHyper>>& overrides) const {
   std::vector<AdamWSegment> segs;
   segs.reserve(runs_.size());
   for (const GroupRun& r : runs_) {
+    if (static_cast<size_t>(r.group) < overrides.size() && overrides[r.group]) {
+      segs.push_back({r.begin, r.end, *overrides[r.group]});
+      continue;
+    }
     const ParamGroupConfig& g = spec_.groups[r.group];
     AdamWHyper h;
     h.lr = lr * g.lr_scale;

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -105,8 +106,10 @@ class ModelState {
   absl::Status ResetOptimizerState() const;
 
   // The optimizer segments of the owned slice with hyperparameters for a
-  // step at learning rate `lr`.
-  std::vector<AdamWSegment> Segments(float lr) const;
+  // step at learning rate `lr` (times each group's lr_scale); a group with
+  // an entry in `overrides` (by group index) takes that entry instead.
+  std::vector<AdamWSegment> Segments(
+      float lr, const std::vector<std::optional<AdamWHyper>>& overrides = {}) const;
 
  private:
   ModelState() = default;

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
@@ -43,9 +44,29 @@ absl::Status ValidateStepArgs(const StepArgs& a) {
     return absl::InvalidArgumentError(
         absl::StrCat("grad_scale must be finite and > 0, got ", a.grad_scale));
   }
+  if (!std::isfinite(1.0f / a.grad_scale)) {
+    // 1/scale overflows float: every unscaled value would be inf.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "grad_scale ", a.grad_scale, " is too small: its reciprocal is not finite"));
+  }
   if (!std::isfinite(a.max_grad_norm) || a.max_grad_norm < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "max_grad_norm must be finite and >= 0, got ", a.max_grad_norm));
+  }
+  for (size_t i = 0; i < a.group_overrides.size(); ++i) {
+    if (!a.group_overrides[i]) continue;
+    const AdamWHyper& h = *a.group_overrides[i];
+    auto bad = [&](absl::string_view what, float v) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("param group ", i, ": ", what, ", got ", v));
+    };
+    if (!std::isfinite(h.lr) || h.lr < 0) return bad("lr must be finite and >= 0", h.lr);
+    if (!(h.beta1 >= 0 && h.beta1 < 1)) return bad("beta1 must be in [0, 1)", h.beta1);
+    if (!(h.beta2 >= 0 && h.beta2 < 1)) return bad("beta2 must be in [0, 1)", h.beta2);
+    if (!(h.eps > 0) || !std::isfinite(h.eps)) return bad("eps must be > 0", h.eps);
+    if (!(h.weight_decay >= 0) || !std::isfinite(h.weight_decay)) {
+      return bad("weight_decay must be finite and >= 0", h.weight_decay);
+    }
   }
   return absl::OkStatus();
 }
@@ -96,6 +117,14 @@ absl::StatusOr<StepOutcome> RunStep(ModelState& model, Collective& collective,
     out.total_ms = MsSince(t_start);
     return out;
   }
+  if (!(out.grad_norm <= std::numeric_limits<float>::max())) {
+    // Finite as stored, but the unscaled mean overflows float: some value
+    // (or the norm torch computes in fp32) is inf once unscaled, and
+    // torch's GradScaler skips such a step.
+    out.skip_reason = "gradients overflow after unscaling";
+    out.total_ms = MsSince(t_start);
+    return out;
+  }
   if (args.max_grad_norm > 0 && out.grad_norm > args.max_grad_norm) {
     // torch.nn.utils.clip_grad_norm_'s coefficient.
     out.clip_coef = args.max_grad_norm / (out.grad_norm + 1e-6);
@@ -108,7 +137,7 @@ absl::StatusOr<StepOutcome> RunStep(ModelState& model, Collective& collective,
   buf.param = model.master();
   buf.exp_avg = model.exp_avg();
   buf.exp_avg_sq = model.exp_avg_sq();
-  std::vector<AdamWSegment> segs = model.Segments(args.lr);
+  std::vector<AdamWSegment> segs = model.Segments(args.lr, args.group_overrides);
   const float multiplier = static_cast<float>(to_mean * out.clip_coef);
   if (world == 1) {
     // Nothing can fail after this point: update in place.

@@ -20,6 +20,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <vector>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -34,6 +36,9 @@ struct StepArgs {
   float grad_scale = 1;     // gradients are divided by it
   float max_grad_norm = 0;  // 0: no clipping
   int64_t adam_step = 1;    // 1-based count of applied steps, for bias correction
+  // Per-step hyperparameters by param group index (empty: none); a group
+  // with a value uses it instead of lr * lr_scale and its registered values.
+  std::vector<std::optional<AdamWHyper>> group_overrides;
 };
 
 struct StepOutcome {
@@ -49,7 +54,8 @@ struct StepOutcome {
 };
 
 // Validates args (INVALID_ARGUMENT for a non-finite or negative lr, scale or
-// max norm) before touching any state.
+// max norm, a grad_scale whose reciprocal overflows, or out-of-range group
+// overrides) before touching any state.
 absl::Status ValidateStepArgs(const StepArgs& args);
 
 // Runs one step on host state. A collective failure returns UNAVAILABLE.
