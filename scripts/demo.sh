@@ -1,28 +1,47 @@
 #!/usr/bin/env bash
-# The main job: sets up, builds, starts a local sherd cluster (2 shard
-# servers by default) and trains an MLP through it, one trainer per server on
-# its own data shard; shows `sherdctl status`, then shuts everything down.
+# The main job: sets up, builds, and trains a small GPT (~10.8M parameters, on
+# the bytes of Python's standard library) through sherd: torchrun starts W
+# trainers, each with its own embedded shard server, and sherd's AdamW keeps
+# the fp32 master params and Adam moments sharded across the servers. Rank 0
+# logs loss, tokens/s and the step-time split, compares the validation loss
+# before and after, and shows `sherdctl status` (examples/python/train_gpt.py).
 #
-#   scripts/demo.sh [--world-size W] [--steps N] [extra train_mlp flags...]
+#   scripts/demo.sh [--world-size W] [--steps N] [train_gpt.py flags...]
+#       (default W=2, N=200; see `.venv/bin/python examples/python/train_gpt.py --help`)
+#   scripts/demo.sh --mlp [--world-size W] [--steps N] [train_mlp flags...]
+#       the C++ example instead: W sherd-server processes and build/examples/train_mlp
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WORLD=2
-STEPS=300
+STEPS=""
+MLP=0
 EXTRA=()
 while (($#)); do
   case "$1" in
     --world-size) WORLD="$2"; shift 2 ;;
     --steps) STEPS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    --mlp) MLP=1; shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) EXTRA+=("$1"); shift ;;
   esac
 done
 
 bash scripts/setup.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j2 --target sherd-server sherdctl train_mlp
+bash scripts/build.sh
 
+if ((!MLP)); then
+  echo "== training a small GPT through sherd: $WORLD trainer(s) under torchrun"
+  OMP_NUM_THREADS=1 exec .venv/bin/torchrun --standalone --nproc-per-node "$WORLD" \
+    examples/python/train_gpt.py ${STEPS:+--steps "$STEPS"} ${EXTRA[@]+"${EXTRA[@]}"}
+fi
+
+# --mlp: the C++ trainer, against sherd-server processes started here.
+STEPS=${STEPS:-300}
+SERVER=.venv/bin/sherd-server
+[[ -x $SERVER ]] || SERVER=build/server/sherd-server
+SHERDCTL=.venv/bin/sherdctl
+[[ -x $SHERDCTL ]] || SHERDCTL=build/client/sherdctl/sherdctl
 RUN=$(mktemp -d /tmp/sherd-demo.XXXXXX)
 PIDS=()
 cleanup() {
@@ -37,7 +56,7 @@ ADDRS=()
 start_server() {  # rank [extra flags]
   local r=$1; shift
   # train_mlp is a CPU trainer: the state stays in host shared memory.
-  build/server/sherd-server --device cpu --listen 127.0.0.1:0 --rank "$r" --world-size "$WORLD" \
+  "$SERVER" --device cpu --listen 127.0.0.1:0 --rank "$r" --world-size "$WORLD" \
     --address-file "$RUN/addr.$r" "$@" 2>"$RUN/server.$r.log" &
   PIDS+=($!)
   for _ in $(seq 200); do [[ -s "$RUN/addr.$r" ]] && break; sleep 0.05; done
@@ -60,9 +79,9 @@ rc=0
 for p in "${TPIDS[@]}"; do wait "$p" || rc=$?; done
 
 echo "== sherdctl status"
-build/client/sherdctl/sherdctl --server "${ADDRS[0]}" status
+"$SHERDCTL" --server "${ADDRS[0]}" status
 echo "== sherdctl where fc2.weight"
-build/client/sherdctl/sherdctl --server "${ADDRS[0]}" where fc2.weight
+"$SHERDCTL" --server "${ADDRS[0]}" where fc2.weight
 
 echo "== stopping"
 cleanup

@@ -38,7 +38,7 @@ struct StepArgs {
   int64_t adam_step = 1;    // 1-based count of applied steps, for bias correction
   // Per-step hyperparameters by param group index (empty: none); a group
   // with a value uses it instead of lr * lr_scale and its registered values.
-  std::vector<std::optional<AdamWHyper>> group_overrides;
+  std::vector<std::optional<AdamWHyper>> group_overrides = {};
 };
 
 struct StepOutcome {

@@ -256,6 +256,73 @@ TEST_F(ProtocolTest, PushesOutsideTheBufferAreRejected) {
   EXPECT_EQ(r->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
+// The optimizer state can be read and written for the owned slice only
+// (here one rank owns all 128 elements of the padded layout), and InitParams takes the step
+// count a loaded state continues from.
+TEST_F(ProtocolTest, OptimizerStateOfTheOwnedSliceRoundTrips) {
+  RegisterAndInit();
+  std::vector<float> m(128), v(128);  // the padded layout
+  for (int i = 0; i < 128; ++i) {
+    m[i] = 0.01f * i;
+    v[i] = 1e-4f * i;
+  }
+  ASSERT_TRUE(Push(v1::BUFFER_EXP_AVG, 0, m).ok());
+  ASSERT_TRUE(Push(v1::BUFFER_EXP_AVG_SQ, 0, v).ok());
+  EXPECT_EQ(FetchAll(v1::BUFFER_EXP_AVG), m);
+  EXPECT_EQ(FetchAll(v1::BUFFER_EXP_AVG_SQ), v);
+  std::vector<float> master = FetchAll(v1::BUFFER_MASTER);
+  ASSERT_EQ(master.size(), 128u);
+  EXPECT_EQ(master[0], 0.5f);
+  // Outside the slice: refused, nothing written.
+  EXPECT_EQ(Push(v1::BUFFER_EXP_AVG, 120, std::vector<float>(9, 9.0f)).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(FetchAll(v1::BUFFER_EXP_AVG), m);
+  // InitParams with a step count: reported back, moments zeroed.
+  grpc::ClientContext ctx;
+  v1::InitParamsRequest req;
+  req.set_force(true);
+  req.set_adam_step(7);
+  v1::InitParamsResponse resp;
+  ASSERT_TRUE(trainer_->InitParams(&ctx, req, &resp).ok());
+  EXPECT_EQ(resp.adam_step(), 7);
+  EXPECT_EQ(FetchAll(v1::BUFFER_EXP_AVG), std::vector<float>(128, 0.0f));
+  v1::RegisterResponse again;
+  ASSERT_TRUE(Register(Model(), &again).ok());
+  EXPECT_EQ(again.adam_step(), 7);
+  grpc::ClientContext ctx2;
+  req.set_adam_step(-1);
+  EXPECT_EQ(trainer_->InitParams(&ctx2, req, &resp).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+// Per-step group hyperparameters must name the model's groups, once each.
+TEST_F(ProtocolTest, StepGroupsMustNameTheModelsGroups) {
+  RegisterAndInit();
+  std::vector<float> before = Params();
+  auto step = [&](std::vector<std::string> names, float lr = 0.01f) {
+    v1::StepRequest req;
+    req.set_step(1);
+    req.set_lr(0.01f);
+    for (const std::string& n : names) {
+      v1::GroupStepParams* g = req.add_groups();
+      g->set_name(n);
+      g->set_lr(lr);
+      g->set_beta1(0.9f);
+      g->set_beta2(0.999f);
+      g->set_eps(1e-8f);
+    }
+    grpc::ClientContext ctx;
+    v1::StepResponse r;
+    return trainer_->Step(&ctx, req, &r);
+  };
+  EXPECT_EQ(step({"nope"}).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(step({"default", "default"}).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(step({"default"}, -1.0f).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Params(), before);
+  EXPECT_TRUE(step({"default"}).ok());
+  EXPECT_NE(Params(), before);
+}
+
 TEST_F(ProtocolTest, PushBeforeRegister) {
   EXPECT_EQ(Push(v1::BUFFER_GRADS, 0, {1.0f}).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);

@@ -98,5 +98,76 @@ TEST(StepPipeline, RejectsBadArgumentsBeforeTouchingState) {
   EXPECT_EQ(State(*model), before);
 }
 
+// Finite gradients whose unscaled mean overflows float: torch's GradScaler
+// unscales first and skips such a step; so must we (the master used to
+// become NaN).
+TEST(StepPipeline, GradientsThatOverflowAfterUnscalingSkipTheStep) {
+  auto model = MakeModel(1, "overflow");
+  const float g[4] = {3e38f, 1.0f, -1.0f, 0.5f};
+  std::memcpy(model->grads(), g, sizeof(g));
+  std::vector<float> before = State(*model);
+  auto coll = CreateSingleRankCollective();
+  AdamW opt(1);
+  auto out = RunStep(*model, *coll, opt, {.lr = 0.1f, .grad_scale = 0.25f});
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_FALSE(out->applied);
+  EXPECT_NE(out->skip_reason.find("overflow"), std::string::npos) << out->skip_reason;
+  EXPECT_EQ(State(*model), before);
+}
+
+// A grad_scale whose reciprocal is inf would turn every value into NaN,
+// even zero gradients: refused before touching state.
+TEST(StepPipeline, RefusesAGradScaleWhoseReciprocalOverflows) {
+  auto model = MakeModel(1, "tinyscale");
+  std::vector<float> before = State(*model);
+  auto coll = CreateSingleRankCollective();
+  AdamW opt(1);
+  auto out = RunStep(*model, *coll, opt, {.lr = 0.1f, .grad_scale = 1e-40f});
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(out.status().message().find("reciprocal"), std::string::npos);
+  EXPECT_EQ(State(*model), before);
+}
+
+// Per-step group hyperparameters (a torch LR scheduler's lr, a group's
+// weight decay) replace the registered ones for that step: the result
+// equals a step over a model registered with those values.
+TEST(StepPipeline, GroupOverridesEqualRegisteredHyperparameters) {
+  auto overridden = MakeModel(1, "ovr");
+  auto reference = MakeModel(1, "ref");
+  auto coll = CreateSingleRankCollective();
+  AdamW opt(1);
+  const AdamWHyper h{.lr = 0.03f, .beta1 = 0.8f, .beta2 = 0.95f, .eps = 1e-6f,
+                     .weight_decay = 0.2f};
+  StepArgs args{.lr = 0.1f, .adam_step = 2};
+  args.group_overrides = {h};
+  ASSERT_TRUE(RunStep(*overridden, *coll, opt, args).ok());
+  AdamWBuffers buf{.grad = reference->owned_grads(), .param = reference->master(),
+                   .exp_avg = reference->exp_avg(), .exp_avg_sq = reference->exp_avg_sq()};
+  std::vector<AdamWSegment> segs = reference->Segments(0.1f);
+  for (AdamWSegment& s : segs) s.hyper = h;
+  opt.Apply(buf, segs, 2, 1.0f);
+  EXPECT_EQ(State(*overridden), State(*reference));
+  // And they differ from the registered values' step.
+  auto plain = MakeModel(1, "plain");
+  ASSERT_TRUE(RunStep(*plain, *coll, opt, {.lr = 0.1f, .adam_step = 2}).ok());
+  EXPECT_NE(State(*plain), State(*overridden));
+}
+
+TEST(StepPipeline, RejectsOutOfRangeGroupOverrides) {
+  auto model = MakeModel(1, "badovr");
+  std::vector<float> before = State(*model);
+  auto coll = CreateSingleRankCollective();
+  AdamW opt(1);
+  for (AdamWHyper h : {AdamWHyper{.lr = -1}, AdamWHyper{.beta1 = 1.0f},
+                       AdamWHyper{.beta2 = -0.1f}, AdamWHyper{.eps = 0},
+                       AdamWHyper{.weight_decay = -1}}) {
+    StepArgs args{.lr = 0.1f};
+    args.group_overrides = {h};
+    EXPECT_EQ(RunStep(*model, *coll, opt, args).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ(State(*model), before);
+}
+
 }  // namespace
 }  // namespace sherd

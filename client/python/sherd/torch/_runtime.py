@@ -67,6 +67,7 @@ class Runtime:
         self.optimizer = None  # the registered sherd optimizer, once made
         self._peer_addresses: Optional[List[str]] = None
         self._peer_clients: dict = {}
+        self._seq: dict = {}
         server = cfg.server or os.environ.get("SHERD_SERVER", "")
         if server:
             parts = [s.strip() for s in server.split(",") if s.strip()]
@@ -126,11 +127,16 @@ class Runtime:
                 f"(is it running? {e})", code="UNAVAILABLE") from None
 
     def gather(self, name: str, value: str) -> List[str]:
-        """Every rank's value for `name` (publishes this rank's first)."""
+        """Every rank's value for `name` (publishes this rank's first); a
+        barrier too. Every rank makes the same sequence of gathers: the
+        n-th gather of a name is keyed by n."""
         if self.world_size == 1:
             return [value]
-        self._publish(name, value)
-        return [value if r == self.rank else self._read(name, r)
+        n = self._seq.get(name, 0) + 1
+        self._seq[name] = n
+        key = f"{name}#{n}"
+        self._publish(key, value)
+        return [value if r == self.rank else self._read(key, r)
                 for r in range(self.world_size)]
 
     # ---- the embedded server ---------------------------------------------
@@ -155,7 +161,9 @@ class Runtime:
                "--world-size", str(self.world_size), "--address-file", addr_file,
                "--cluster-id", cluster,
                "--optimizer-threads", str(cfg.optimizer_threads),
-               "--collective-timeout", str(min(cfg.timeout_s, 60.0)),
+               # Well inside a call's deadline, so a lost peer comes back as
+               # the server's UNAVAILABLE (naming it), not a client timeout.
+               "--collective-timeout", str(max(1.0, min(cfg.timeout_s / 2, 60.0))),
                "--join-timeout", str(cfg.timeout_s)]
         if cfg.memory_limit:
             cmd += ["--memory-limit", cfg.memory_limit]
@@ -258,6 +266,15 @@ class Runtime:
             p.wait()
 
     def shutdown(self) -> None:
+        # Peers may still read this server (a consolidated state dict, the
+        # last collective): wait until every rank is shutting down too,
+        # bounded by the timeout (a crashed peer never arrives).
+        if self.world_size > 1 and self.server_proc is not None and self._store is not None:
+            try:
+                self._store.set_timeout(datetime.timedelta(seconds=min(self.cfg.timeout_s, 30)))
+                self.gather("exit", "1")
+            except Exception:
+                pass
         self._stop_server()
 
 

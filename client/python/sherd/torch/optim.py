@@ -15,8 +15,10 @@ weight_decay (an LR scheduler, or by hand) takes effect at the next step.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import warnings
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
@@ -170,15 +172,12 @@ class AdamW(torch.optim.Optimizer):
     def _agree(self, spec: dict) -> None:
         """Every rank must register the same model: refused on every rank,
         naming the first difference, before any server sees it."""
-        mine = json.dumps(spec, sort_keys=True)
-        all_specs = self.rt.gather("spec", mine)
-        for r, other in enumerate(all_specs):
-            if other == mine:
-                continue
-            diff = _first_difference(json.loads(all_specs[0]), json.loads(other))
-            raise errors.FailedPrecondition(
-                f"ranks build different models: rank {r} differs from rank 0 at {diff}",
-                code="FAILED_PRECONDITION")
+        specs = [json.loads(x) for x in self.rt.gather("spec", json.dumps(spec, sort_keys=True))]
+        for r in range(1, len(specs)):
+            if specs[r] != specs[0]:
+                raise errors.FailedPrecondition(
+                    f"ranks build different models: rank {r} differs from rank 0: "
+                    f"{_first_difference(specs[0], specs[r], r)}", code="FAILED_PRECONDITION")
 
     def _register(self) -> None:
         rt = self.rt
@@ -202,10 +201,19 @@ class AdamW(torch.optim.Optimizer):
                 for p, pv, _ in self._views:
                     pv.copy_(p)
                 client.init_params()
-            if rt.world_size > 1:
-                rt.gather("initialized", "1")  # every rank's master is set
-            if rt.world_size > 1 or info["initialized"]:
-                self._sync_params()
+                # Each rank's master slice now comes from its own P. Ranks
+                # that seeded their models differently would start from
+                # different P; then every P takes the owners' slices (one
+                # model, each slice from its owner, as FSDP's shards).
+                digest = hashlib.blake2b(client.params().data, digest_size=16).hexdigest()
+                if len(set(rt.gather("init_digest", digest))) > 1:
+                    warnings.warn("sherd: ranks initialized the model differently; every "
+                                  "rank takes each slice from the rank that owns it "
+                                  "(seed all ranks alike to start from one rank's values)")
+                    rt.gather("initialized", "1")  # every rank's master is set
+                    self._sync_params()
+            # A restored checkpoint (or a running server's state) is in P
+            # already: the server wrote all of it.
             self._G.zero_()
             for p, pv, gv in self._views:
                 if self.param_dtype == torch.float32:
@@ -410,6 +418,9 @@ class AdamW(torch.optim.Optimizer):
                     g[k] = tuple(val) if k == "betas" else val
         adam_step = steps.pop() if steps else 0
         client = self.rt.client
+        # No rank may still be reading a slice (state_dict) that this
+        # replaces: every rank arrives first.
+        self.rt.gather("state_loading", "1")
         with torch.no_grad():
             if self.param_dtype != torch.float32:
                 for p, pv, _ in self._views:
@@ -421,19 +432,27 @@ class AdamW(torch.optim.Optimizer):
             client.push("exp_avg_sq", flat_v[b:e], b)
         self._adam_step = adam_step
         del params
+        self.rt.gather("state_loaded", "1")  # no rank reads a slice before it is loaded
 
 
-def _first_difference(a: Any, b: Any, path: str = "") -> str:
-    if type(a) is not type(b):
-        return f"{path or 'the model'}: {a!r} on rank 0, {b!r} there"
-    if isinstance(a, dict):
-        for k in sorted(set(a) | set(b)):
-            if a.get(k) != b.get(k):
-                return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
-    if isinstance(a, list):
-        if len(a) != len(b):
-            return f"{path}: {len(a)} entries on rank 0, {len(b)} there"
-        for i, (x, y) in enumerate(zip(a, b)):
-            if x != y:
-                return _first_difference(x, y, f"{path}[{i}]")
-    return f"{path}: {a!r} on rank 0, {b!r} there"
+def _first_difference(a: dict, b: dict, rank: int) -> str:
+    """The first difference between two ranks' model specs, in words."""
+    there = f"on rank {rank}"
+    ta, tb = a["tensors"], b["tensors"]
+    for i, (x, y) in enumerate(zip(ta, tb)):
+        if x != y:
+            return (f"tensor #{i} is '{x[0]}' {x[1]} in group '{x[2]}' on rank 0, "
+                    f"'{y[0]}' {y[1]} in group '{y[2]}' {there}")
+    if len(ta) != len(tb):
+        return f"{len(ta)} tensors on rank 0, {len(tb)} {there}"
+    ga, gb = a["groups"], b["groups"]
+    if len(ga) != len(gb):
+        return f"{len(ga)} param groups on rank 0, {len(gb)} {there}"
+    for x, y in zip(ga, gb):
+        for k in sorted(x):
+            if x[k] != y.get(k):
+                return f"param group '{x['name']}': {k} {x[k]} on rank 0, {y.get(k)} {there}"
+    for k in sorted(a):
+        if a[k] != b.get(k):
+            return f"{k} {a[k]!r} on rank 0, {b.get(k)!r} {there}"
+    return "(no difference found)"
