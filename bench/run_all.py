@@ -116,6 +116,24 @@ def chart(series, path):
     return True
 
 
+# Sections other scripts append to RESULTS.md (each says how to rerun it),
+# carried over when this script rewrites the file.
+KEPT = ("## PyTorch training step",)
+
+
+def kept_sections():
+    path = os.path.join(ROOT, "bench", "RESULTS.md")
+    if not os.path.exists(path):
+        return []
+    out, keep = [], False
+    for line in open(path).read().splitlines():
+        if line.startswith("## "):
+            keep = line.startswith(KEPT)
+        if keep:
+            out.append(line)
+    return out + ([""] if out else [])
+
+
 def main():
     commit = sh(["git", "rev-parse", "--short", "HEAD"]).strip()
     cpu = re.search(r"Model name:\s*(.*)", sh(["lscpu"]))
@@ -142,6 +160,7 @@ def main():
     if chart(series, os.path.join(ROOT, "bench", "step_chart.png")):
         doc += ["![step time against model size](step_chart.png)", ""]
     doc += ["## Raw anchor output (32 Mi, W=2)", "", "```", json.dumps(a32, indent=1), "```", ""]
+    doc += kept_sections()
     with open(os.path.join(ROOT, "bench", "RESULTS.md"), "w") as f:
         f.write("\n".join(doc))
     print("\n".join(doc))

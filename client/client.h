@@ -117,7 +117,7 @@ struct GroupStepOptions {
 
 struct StepOptions {
   float lr = 1e-3f;
-  std::vector<GroupStepOptions> groups;  // per-group overrides (may be empty)
+  std::vector<GroupStepOptions> groups = {};  // per-group overrides (may be empty)
   float grad_scale = 1.0f;
   float max_grad_norm = 0.0f;  // 0: no clipping
   // GPU state mapped through CUDA IPC: the stream the trainer's backward

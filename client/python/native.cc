@@ -50,6 +50,14 @@ T Check(absl::StatusOr<T> s) {
   return *std::move(s);
 }
 
+// Runs a blocking client call without the GIL (errors are raised after,
+// with it).
+template <class F>
+auto WithoutGil(F&& fn) -> decltype(fn()) {
+  nb::gil_scoped_release release;
+  return fn();
+}
+
 using Array = nb::ndarray<nb::numpy, float, nb::ndim<1>, nb::c_contig>;
 using InArray = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using OutArray = nb::ndarray<float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
@@ -80,12 +88,7 @@ class PyClient {
     o.use_shared_memory = use_shared_memory;
     o.max_retries = max_retries;
     o.map_device_buffers = false;  // the torch layer is a CPU trainer so far
-    absl::StatusOr<std::unique_ptr<Client>> c;
-    {
-      nb::gil_scoped_release release;
-      c = Client::Connect(address, o);
-    }
-    client_ = Check(std::move(c));
+    client_ = Check(WithoutGil([&] { return Client::Connect(address, o); }));
   }
 
   nb::dict Register(const std::string& name,
@@ -104,12 +107,7 @@ class PyClient {
       if (g.contains("weight_decay")) d.weight_decay = nb::cast<float>(g["weight_decay"]);
       model.groups.push_back(std::move(d));
     }
-    absl::StatusOr<RegisterInfo> r;
-    {
-      nb::gil_scoped_release release;
-      r = client_->Register(model);
-    }
-    RegisterInfo info = Check(std::move(r));
+    RegisterInfo info = Check(WithoutGil([&] { return client_->Register(model); }));
     nb::dict d;
     d["reattached"] = info.reattached;
     d["initialized"] = info.initialized;
@@ -123,12 +121,7 @@ class PyClient {
   }
 
   void InitParams(bool force, int64_t adam_step) {
-    absl::Status s;
-    {
-      nb::gil_scoped_release release;
-      s = client_->InitParams(force, adam_step);
-    }
-    Check(s);
+    Check(WithoutGil([&] { return client_->InitParams(force, adam_step); }));
   }
 
   nb::dict Step(float lr, float grad_scale, float max_grad_norm,
@@ -139,12 +132,7 @@ class PyClient {
       o.groups.push_back({.name = name, .lr = glr, .beta1 = b1, .beta2 = b2,
                           .eps = eps, .weight_decay = wd});
     }
-    absl::StatusOr<StepResult> r;
-    {
-      nb::gil_scoped_release release;
-      r = client_->Step(o);
-    }
-    StepResult res = Check(std::move(r));
+    StepResult res = Check(WithoutGil([&] { return client_->Step(o); }));
     nb::dict d;
     d["step"] = res.step;
     d["applied"] = res.applied;
@@ -162,21 +150,11 @@ class PyClient {
   }
 
   int64_t Checkpoint() {
-    absl::StatusOr<int64_t> r;
-    {
-      nb::gil_scoped_release release;
-      r = client_->Checkpoint();
-    }
-    return Check(std::move(r));
+    return Check(WithoutGil([&] { return client_->Checkpoint(); }));
   }
 
   nb::dict CheckpointStatus() {
-    absl::StatusOr<CheckpointProgress> r;
-    {
-      nb::gil_scoped_release release;
-      r = client_->CheckpointStatus();
-    }
-    CheckpointProgress p = Check(std::move(r));
+    CheckpointProgress p = Check(WithoutGil([&] { return client_->CheckpointStatus(); }));
     nb::dict d;
     d["enabled"] = p.enabled;
     d["in_flight"] = p.in_flight;
@@ -191,27 +169,21 @@ class PyClient {
   void Push(const std::string& buffer, InArray data, int64_t offset) {
     std::span<const float> span(data.data(), data.shape(0));
     const Buffer b = BufferFromName(buffer);
-    absl::Status s;
-    {
-      nb::gil_scoped_release release;
-      s = b.whole == Whole::kParams ? client_->PushParams(span, offset)
-          : b.whole == Whole::kGrads ? client_->PushGrads(span, offset)
-                                     : client_->PushState(b.state, span, offset);
-    }
-    Check(s);
+    Check(WithoutGil([&] {
+      return b.whole == Whole::kParams ? client_->PushParams(span, offset)
+             : b.whole == Whole::kGrads ? client_->PushGrads(span, offset)
+                                        : client_->PushState(b.state, span, offset);
+    }));
   }
 
   void Fetch(const std::string& buffer, OutArray out, int64_t offset) {
     std::span<float> span(out.data(), out.shape(0));
     const Buffer b = BufferFromName(buffer);
-    absl::Status s;
-    {
-      nb::gil_scoped_release release;
-      s = b.whole == Whole::kParams ? client_->FetchParams(span, offset)
-          : b.whole == Whole::kGrads ? client_->FetchGrads(span, offset)
-                                     : client_->FetchState(b.state, span, offset);
-    }
-    Check(s);
+    Check(WithoutGil([&] {
+      return b.whole == Whole::kParams ? client_->FetchParams(span, offset)
+             : b.whole == Whole::kGrads ? client_->FetchGrads(span, offset)
+                                        : client_->FetchState(b.state, span, offset);
+    }));
   }
 
   // A zero-copy view of P or G (shared memory, or the client's local copy
