@@ -64,7 +64,8 @@ if base:
           f"norm {base['norm_ms']:.1f}, optimizer {base['optimizer_ms']:.1f}, "
           f"all_gather {base['all_gather_ms']:.1f}")
 print("step ms: wall time per step (slowest rank); fwd+bwd and after-bwd: means over steps "
-      "and ranks.\n" + "\n".join(f"  {r['variant']}: {r['note']}" for r in ok) +
+      "and ranks;\n  a barrier after backward starts after-bwd when every rank has finished "
+      "backward (the skew counts in fwd+bwd).\n" + "\n".join(f"  {r['variant']}: {r['note']}" for r in ok) +
       "\nMB: peak RSS per process (max over ranks). server: sherd-server's peak RSS (VmHWM) and "
       "private (RssAnon) memory;\n  the shared param/grad buffers count in both the trainer's "
       "and the server's RSS, so mem/sherd compares\n  trainer peak + server private. "

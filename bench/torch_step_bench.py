@@ -148,6 +148,10 @@ def run(args, rank: int, world: int) -> dict:
         t0 = time.perf_counter()
         loss = fwd(x, y)
         loss.backward()
+        # After-backward is timed from the moment every rank has finished
+        # backward, in every variant: the ranks' skew (waited out inside
+        # DDP's backward, or in sherd's reduce-scatter) counts in fwd+bwd.
+        dist.barrier()
         t1 = time.perf_counter()
         if clip is not None:
             clip()

@@ -7,7 +7,7 @@
 # before and after, and shows `sherdctl status` (examples/python/train_gpt.py).
 #
 #   scripts/demo.sh [--world-size W] [--steps N] [train_gpt.py flags...]
-#       (default W=2, N=200; see `.venv/bin/python examples/python/train_gpt.py --help`)
+#       (default W=2, N=120; see `.venv/bin/python examples/python/train_gpt.py --help`)
 #   scripts/demo.sh --mlp [--world-size W] [--steps N] [train_mlp flags...]
 #       the C++ example instead: W sherd-server processes and build/examples/train_mlp
 set -euo pipefail

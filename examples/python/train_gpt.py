@@ -34,8 +34,8 @@ def parse_args() -> argparse.Namespace:
     d = GPTConfig()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     arg = ap.add_argument
-    arg("--steps", type=int, default=200, help="optimizer steps (default %(default)s)")
-    arg("--batch-size", type=int, default=16,
+    arg("--steps", type=int, default=120, help="optimizer steps (default %(default)s)")
+    arg("--batch-size", type=int, default=8,
         help="sequences per rank per step (default %(default)s)")
     arg("--block-size", type=int, default=d.block_size,
         help="context length (default %(default)s)")
