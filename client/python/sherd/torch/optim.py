@@ -231,13 +231,17 @@ class AdamW(torch.optim.Optimizer):
     def _sync_params(self) -> None:
         """P on every rank := the owners' master slices. Ranks that seeded
         their models differently get one model (each slice from its owner,
-        as FSDP's shards), and a restored checkpoint reaches every P."""
-        rt, client = self.rt, self.rt.client
-        P = client.params()
+        as FSDP's shards)."""
+        self._fetch_from_owners("master", self.rt.client.params())
+
+    def _fetch_from_owners(self, which: str, out: np.ndarray) -> None:
+        """Fills the flat buffer `out` with state `which`, each rank's slice
+        from its owner's server."""
+        rt = self.rt
         for r in range(rt.world_size):
-            b, e = client.owned(r)
+            b, e = rt.client.owned(r)
             if e > b:
-                rt.peer_client(r).fetch("master", P[b:e], b)
+                rt.peer_client(r).fetch(which, out[b:e], b)
 
     def add_param_group(self, param_group: dict) -> None:
         if getattr(self, "_views", None) is not None:
@@ -345,12 +349,8 @@ class AdamW(torch.optim.Optimizer):
     # ---- state dicts -------------------------------------------------------
     def _gather_state(self, which: str) -> np.ndarray:
         """The full flat buffer of an optimizer state, from every owner."""
-        rt, client = self.rt, self.rt.client
-        out = np.zeros(client.total, dtype=np.float32)
-        for r in range(rt.world_size):
-            b, e = client.owned(r)
-            if e > b:
-                rt.peer_client(r).fetch(which, out[b:e], b)
+        out = np.zeros(self.rt.client.total, dtype=np.float32)
+        self._fetch_from_owners(which, out)
         return out
 
     def state_dict(self) -> Dict[str, Any]:
@@ -382,7 +382,6 @@ class AdamW(torch.optim.Optimizer):
         if len(groups) != len(self.param_groups):
             raise ValueError(f"the state dict has {len(groups)} param groups, this "
                              f"optimizer {len(self.param_groups)}")
-        params = list(self._params())
         for g, sg in zip(self.param_groups, groups):
             if len(sg["params"]) != len(g["params"]):
                 raise ValueError("a param group of the state dict has "
@@ -431,7 +430,6 @@ class AdamW(torch.optim.Optimizer):
             client.push("exp_avg", flat_m[b:e], b)
             client.push("exp_avg_sq", flat_v[b:e], b)
         self._adam_step = adam_step
-        del params
         self.rt.gather("state_loaded", "1")  # no rank reads a slice before it is loaded
 
 
