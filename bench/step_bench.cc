@@ -102,17 +102,19 @@ int main(int argc, char** argv) {
     std::printf(
         "{\"params\": %lld, \"world\": %d, \"step_ms\": %.3f, \"reduce_scatter_ms\": %.3f, "
         "\"norm_ms\": %.3f, \"optimizer_ms\": %.3f, \"all_gather_ms\": %.3f, "
+        "\"agreement_ms\": %.3f, \"agreement_ms_rank1\": %.3f, "
         "\"server_rss_anon\": %lld, \"server_rss_shmem\": %lld, \"ideal_state_bytes\": %.0f}\n",
         static_cast<long long>(params), world, step_ms, last[0].reduce_scatter_ms,
-        last[0].norm_ms, last[0].optimizer_ms, last[0].all_gather_ms,
+        last[0].norm_ms, last[0].optimizer_ms, last[0].all_gather_ms, last[0].agreement_ms,
+        last.size() > 1 ? last[1].agreement_ms : 0.0,
         static_cast<long long>(mem.anon), static_cast<long long>(mem.shmem), ideal);
   } else {
     std::printf("sherd step: %lld params, W=%d, %d optimizer thread(s) per server\n",
                 static_cast<long long>(params), world, opt_threads);
     std::printf("  step (trainer-observed, median of %d) %8.2f ms\n", steps, step_ms);
-    std::printf("  reduce-scatter %.2f  norm %.2f  optimizer %.2f  all-gather %.2f ms (last step, rank 0)\n",
-                last[0].reduce_scatter_ms, last[0].norm_ms, last[0].optimizer_ms,
-                last[0].all_gather_ms);
+    std::printf("  agreement %.2f  reduce-scatter %.2f  norm %.2f  optimizer %.2f  all-gather %.2f ms (last step, rank 0)\n",
+                last[0].agreement_ms, last[0].reduce_scatter_ms, last[0].norm_ms,
+                last[0].optimizer_ms, last[0].all_gather_ms);
     std::printf("  server 0 memory: private %.1f MiB (16N/W = %.1f MiB, ratio %.2f), shared %.1f MiB\n",
                 mem.anon / 1048576.0, ideal / 1048576.0, mem.anon / ideal, mem.shmem / 1048576.0);
   }

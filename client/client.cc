@@ -258,6 +258,7 @@ absl::StatusOr<StepResult> Client::Impl::Step(const StepOptions& o) {
   r.norm_ms = resp.timings().norm_ms();
   r.optimizer_ms = resp.timings().optimizer_ms();
   r.all_gather_ms = resp.timings().all_gather_ms();
+  r.agreement_ms = resp.timings().agreement_ms();
   return r;
 }
 

@@ -138,6 +138,7 @@ struct StepResult {
   int retries = 0;
   double server_ms = 0;  // the server's total for the step
   double reduce_scatter_ms = 0, norm_ms = 0, optimizer_ms = 0, all_gather_ms = 0;
+  double agreement_ms = 0;  // multi-rank: the step agreement before the collectives
 };
 
 // This server's checkpoint progress (the admin service's CheckpointStatus).

@@ -12,14 +12,14 @@ bash scripts/build.sh
 
 # Address + undefined-behaviour sanitizers on a chosen subset: the code that
 # does pointer arithmetic over flat buffers and runs threads (layout, step
-# pipeline, optimizer, collectives, checkpoint files), and three multi-process
-# suites whose sherd-server and sherdctl are the sanitized builds (real
-# servers stepping, saving, restoring and losing peers). SHERD_SKIP_ASAN=1
+# pipeline, optimizer, collectives, checkpoint files, step agreement), and four
+# multi-process suites whose sherd-server and sherdctl are the sanitized
+# builds (real servers stepping, agreeing, saving, restoring and losing peers). SHERD_SKIP_ASAN=1
 # skips.
 if [[ "${SHERD_SKIP_ASAN:-0}" != 1 ]]; then
   ASAN_TESTS=(layout_test step_pipeline_test collective_test checkpoint_test adamw_test
-              device_state_test shm_names_test cluster_test fault_test
-              checkpoint_integration_test)
+              device_state_test shm_names_test agreement_test cluster_test fault_test
+              checkpoint_integration_test agreement_cluster_test)
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHERD_SANITIZE=ON \
     -DSHERD_DISABLE_CUDA=ON -DSHERD_BUILD_BENCH=OFF >/dev/null
   cmake --build build-asan -j"$JOBS" --target "${ASAN_TESTS[@]}"

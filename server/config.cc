@@ -88,7 +88,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
                  "Cluster name; servers with different ids never join each other")
       ->envname("SHERD_CLUSTER_ID");
   app.add_option("--collective-timeout", c.collective_timeout_s,
-                 "Seconds a collective may take before the step fails UNAVAILABLE")
+                 "Seconds a collective may take, and a step waits for every rank to send it, before the step fails")
       ->envname("SHERD_COLLECTIVE_TIMEOUT")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--join-timeout", c.join_timeout_s,
                  "Seconds to wait for every rank to join the cluster")
@@ -143,6 +143,26 @@ absl::StatusOr<ServerConfig> ParseServerConfig(int argc, char** argv) {
   if (c.world_size > 1 && c.rank > 0 && c.coordinator.empty()) {
     return absl::InvalidArgumentError(
         "--coordinator (rank 0's address) is required for ranks > 0");
+  }
+  // Options that only mean something together: refuse at start what would
+  // otherwise be ignored (training silently starting fresh) or fail only at
+  // the first Register.
+  if (c.restore != "newest" && c.restore != "none" &&
+      (c.restore.rfind("ckpt-", 0) != 0 || c.restore.find('/') != std::string::npos)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--restore '", c.restore,
+        "' is not newest, none or a checkpoint name such as ckpt-000000000100"));
+  }
+  if (c.checkpoint_dir.empty()) {
+    if (c.restore != "newest" && c.restore != "none") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--restore ", c.restore, " needs --checkpoint-dir (where to find it)"));
+    }
+    if (c.checkpoint_every > 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--checkpoint-every ", c.checkpoint_every,
+          " needs --checkpoint-dir (where to save)"));
+    }
   }
   if (!memory_limit.empty()) {
     auto b = ParseBytes(memory_limit);

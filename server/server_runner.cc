@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -105,6 +106,13 @@ absl::Status RunServer(const ServerConfig& given) {
   opts.checkpoint.every = config.checkpoint_every;
   opts.checkpoint.keep = config.checkpoint_keep;
   opts.checkpoint.restore = config.restore;
+  opts.agreement_timeout = absl::Seconds(config.collective_timeout_s);
+  // The standard health service follows the shard server's health once
+  // the gRPC server exists.
+  auto health = std::make_shared<std::atomic<grpc::HealthCheckServiceInterface*>>(nullptr);
+  opts.on_health_change = [health](bool serving) {
+    if (grpc::HealthCheckServiceInterface* h = health->load()) h->SetServingStatus(serving);
+  };
   // One rank needs no cluster; more get their collective once formed.
   auto shard = std::make_unique<ShardServer>(
       opts, config.world_size == 1 ? CreateSingleRankCollective() : nullptr);
@@ -138,7 +146,8 @@ absl::Status RunServer(const ServerConfig& given) {
                             ? BoundAddress(config.listen, port)
                             : config.advertise_address;
   shard->SetAddress(address);  // Status shows what clients dial
-  server->GetHealthCheckService()->SetServingStatus(true);
+  health->store(server->GetHealthCheckService());
+  server->GetHealthCheckService()->SetServingStatus(shard->healthy());
   SHERD_LOG(Info, "listening on %s (rank %d of %d, state on %s, memory limit %d bytes, %d optimizer threads)",
             address, config.rank, config.world_size,
             gpu->memory ? gpu->memory->name() : "cpu",
@@ -175,6 +184,7 @@ absl::Status RunServer(const ServerConfig& given) {
   });
   server->Wait();
   waiter.join();
+  health->store(nullptr);
   SHERD_LOG(Debug, "serving stopped");
   server.reset();
   SHERD_LOG(Debug, "server destroyed");

@@ -58,10 +58,15 @@ absl::StatusOr<ModelSpec> SpecFromProto(const v1::RegisterRequest& req) {
   spec.groups.push_back(ParamGroupConfig{.name = "default"});
   group_index["default"] = 0;
   group_index[""] = 0;
+  bool seen_default = false;
   for (const v1::ParamGroup& g : req.groups()) {
     ASSIGN_OR_RETURN(ParamGroupConfig c, GroupFromProto(g));
     if (c.name.empty()) return absl::InvalidArgumentError("param group without a name");
     if (c.name == "default") {
+      if (seen_default) {
+        return absl::InvalidArgumentError("duplicate param group 'default'");
+      }
+      seen_default = true;
       spec.groups[0] = c;
       continue;
     }
@@ -255,15 +260,21 @@ v1::CheckpointStatusResponse ShardServer::CheckpointStatus() const {
 ShardServer::~ShardServer() = default;
 
 void ShardServer::AttachCollective(std::unique_ptr<Collective> collective,
-                                   std::shared_ptr<KvStore> reports) {
+                                   std::shared_ptr<KvStore> store) {
   absl::MutexLock l(&step_mu_);
   collective_ = std::move(collective);
-  if (checkpointer_ && reports) checkpointer_->SetReportStore(std::move(reports));
+  if (store && options_.world_size > 1) {
+    agreement_ = std::make_unique<StepAgreement>(store, options_.rank, options_.world_size,
+                                                 options_.agreement_timeout);
+  }
+  if (checkpointer_ && store) checkpointer_->SetReportStore(std::move(store));
 }
 
 void ShardServer::MarkUnhealthy(std::string reason) {
   SHERD_LOG(Error, "unhealthy: %s", reason);
-  healthy_.store(false);
+  if (healthy_.exchange(false) && options_.on_health_change) {
+    options_.on_health_change(false);
+  }
   absl::MutexLock l(&stats_mu_);
   unhealthy_reason_ = std::move(reason);
 }
@@ -329,6 +340,7 @@ absl::StatusOr<v1::RegisterResponse> ShardServer::Register(
                        checkpointer_->Load(*m, options_.checkpoint.restore));
       if (restored) RETURN_IF_ERROR(AdoptRestored(*restored, *m));
     }
+    model_description_ = DescribeModel(m->spec());
     absl::MutexLock l(&model_mu_);
     model_ = m;
     SHERD_LOG(Info, "registered model '%s': %d tensors, %d parameters, %d bytes on %s",
@@ -387,9 +399,16 @@ absl::StatusOr<v1::InitParamsResponse> ShardServer::InitParams(
   return resp;
 }
 
-absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
-  absl::MutexLock step_lock(&step_mu_);
-  ASSIGN_OR_RETURN(std::shared_ptr<ModelState> m, RequireModel());
+absl::StatusOr<StepArgs> ShardServer::PrepareStep(const v1::StepRequest& req,
+                                                 const ModelState& m) {
+  if (!healthy_.load()) {
+    absl::MutexLock l(&stats_mu_);
+    // Permanent until the cluster restarts: not UNAVAILABLE, which clients
+    // retry as if the cluster were still forming.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "shard server ", options_.rank, " is out of service (", unhealthy_reason_,
+        "); restart the cluster"));
+  }
   StepArgs args;
   {
     absl::MutexLock l(&stats_mu_);
@@ -399,13 +418,6 @@ absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
           "initial values");
     }
     if (req.step() != next_step_) {
-      for (const v1::StepResponse& r : recent_) {
-        if (r.step() == req.step()) {
-          v1::StepResponse replay = r;
-          replay.set_replayed(true);
-          return replay;
-        }
-      }
       return absl::FailedPreconditionError(absl::StrCat(
           "step ", req.step(), " is out of order: expected step ", next_step_,
           req.step() < next_step_ ? " (it is too old to replay)" : ""));
@@ -415,21 +427,66 @@ absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
   args.lr = req.lr();
   args.grad_scale = req.grad_scale() == 0 ? 1.0f : req.grad_scale();
   args.max_grad_norm = req.max_grad_norm();
-  ASSIGN_OR_RETURN(args.group_overrides, GroupOverridesFromProto(req, m->spec()));
-  if (!healthy_.load()) {
+  ASSIGN_OR_RETURN(args.group_overrides, GroupOverridesFromProto(req, m.spec()));
+  RETURN_IF_ERROR(ValidateStepArgs(args));
+  return args;
+}
+
+absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
+  absl::MutexLock step_lock(&step_mu_);
+  std::shared_ptr<ModelState> m = model();
+  {
+    // A retry of a step this rank has taken answers what it answered then,
+    // without the other ranks (they may not retry it).
     absl::MutexLock l(&stats_mu_);
-    return absl::UnavailableError(absl::StrCat(
-        "this shard server is out of service (", unhealthy_reason_,
-        "); restart the cluster"));
+    for (const v1::StepResponse& r : recent_) {
+      if (r.step() == req.step() && req.step() != next_step_) {
+        v1::StepResponse replay = r;
+        replay.set_replayed(true);
+        return replay;
+      }
+    }
   }
+  absl::StatusOr<StepArgs> args =
+      m == nullptr ? absl::FailedPreconditionError("no model is registered on this server")
+                   : PrepareStep(req, *m);
+  if (!args.ok() && agreement_ == nullptr) return args.status();
   if (collective_ == nullptr) {
     return absl::UnavailableError(
         "the cluster is still forming: not every shard server has joined");
   }
-  absl::StatusOr<StepOutcome> out = runner_->Run(*m, *collective_, args);
+  double agreement_ms = 0;
+  if (agreement_ != nullptr) {
+    // Every rank, refusing or not, takes part, so that the others learn the
+    // reason at once instead of waiting for it.
+    v1::StepHeader h;
+    h.set_step(req.step());
+    {
+      absl::MutexLock l(&stats_mu_);
+      h.set_next_step(next_step_);
+      h.set_adam_step(adam_step_);
+    }
+    h.set_lr(req.lr());
+    h.set_grad_scale(req.grad_scale() == 0 ? 1.0f : req.grad_scale());
+    h.set_max_grad_norm(req.max_grad_norm());
+    *h.mutable_groups() = req.groups();
+    if (!args.ok()) {
+      h.set_refusal(std::string(args.status().message()));
+      h.set_refusal_code(static_cast<int>(args.status().code()));
+    }
+    const absl::Time t0 = absl::Now();
+    RETURN_IF_ERROR(agreement_->Agree(std::move(h), m ? model_description_ : ""));
+    agreement_ms = absl::ToDoubleMilliseconds(absl::Now() - t0);
+  }
+  if (!args.ok()) return args.status();
+  absl::StatusOr<StepOutcome> out = runner_->Run(*m, *collective_, *args);
   if (!out.ok()) {
     if (absl::IsUnavailable(out.status())) {
       MarkUnhealthy(absl::StrCat("step ", req.step(), ": ", out.status().message()));
+      return absl::AbortedError(absl::StrCat(
+          "step ", req.step(), " failed in the collective, so no state changed: ",
+          out.status().message(), "; shard server ", options_.rank,
+          " is now out of service until the cluster restarts"));
     }
     return out.status();
   }
@@ -446,6 +503,7 @@ absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
   t->set_optimizer_ms(out->optimizer_ms);
   t->set_all_gather_ms(out->all_gather_ms);
   t->set_total_ms(out->total_ms);
+  t->set_agreement_ms(agreement_ms);
   {
     absl::MutexLock l(&stats_mu_);
     ++next_step_;
@@ -551,7 +609,10 @@ absl::Status ShardServer::ReadRange(
   RETURN_IF_ERROR(CheckRange(*m, req.buffer(), req.offset(), count));
   int64_t chunk = req.chunk_elements() > 0 ? req.chunk_elements()
                                            : options_.fetch_chunk_elements;
-  chunk = std::min<int64_t>(chunk, options_.fetch_chunk_elements * 4);
+  // A chunk's message (data plus a few bytes of framing) stays under gRPC's
+  // default 4 MiB receive limit, so a client with default settings reads it.
+  constexpr int64_t kMaxChunkElements = ((4 << 20) - 1024) / sizeof(float);
+  chunk = std::min<int64_t>({chunk, options_.fetch_chunk_elements * 4, kMaxChunkElements});
   v1::DataChunk out;
   out.set_buffer(req.buffer());
   for (int64_t off = req.offset(); off < req.offset() + count; off += chunk) {

@@ -29,6 +29,7 @@
 #include "server/checkpointer.h"
 #include "server/collective/collective.h"
 #include "server/state/model_state.h"
+#include "server/step/agreement.h"
 #include "server/step/step_pipeline.h"
 
 namespace sherd {
@@ -41,6 +42,12 @@ struct ServerOptions {
   std::string shm_prefix;         // default: /sherd.<pid>.<rank>
   int64_t fetch_chunk_elements = 1 << 18;
   CheckpointOptions checkpoint;  // root empty: checkpoints off
+  // Multi-rank: how long a step waits for every rank to send it (the step
+  // agreement, server/step/agreement.h) before all of them refuse it.
+  absl::Duration agreement_timeout = absl::Seconds(60);
+  // Called with false when the server goes out of service (the standard
+  // gRPC health service follows it). May be empty.
+  std::function<void(bool serving)> on_health_change;
   // GPU state (server/gpu/gpu_backend.h): where the buffers live and what
   // steps them. Both null: host state, stepped by the CPU pipeline.
   std::shared_ptr<StateMemory> state_memory;
@@ -55,10 +62,10 @@ class ShardServer {
   ~ShardServer();
 
   // Hands over the collective once the cluster has formed.
-  // `reports` is rank 0's rendezvous store, where checkpoint shards are
-  // reported (null with one rank).
+  // `store` is rank 0's rendezvous store (null with one rank): the ranks
+  // agree on every step through it, and report checkpoint shards to it.
   void AttachCollective(std::unique_ptr<Collective> collective,
-                        std::shared_ptr<KvStore> reports = nullptr);
+                        std::shared_ptr<KvStore> store = nullptr);
   // Rank 0: creates the checkpoint root and removes leftovers. Call once
   // before serving.
   absl::Status PrepareCheckpoints();
@@ -112,6 +119,10 @@ class ShardServer {
   static Range ValidRange(const ModelState& m, v1::BufferKind kind);
   static absl::Status CheckRange(const ModelState& m, v1::BufferKind kind,
                                  int64_t offset, int64_t count);
+  // The local checks of a step: the step's arguments, or why this rank
+  // refuses it.
+  absl::StatusOr<StepArgs> PrepareStep(const v1::StepRequest& req, const ModelState& m)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
   // Copies a loaded checkpoint into `m` and takes over its step counters.
   absl::Status AdoptRestored(const RestoredState& r, ModelState& m)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
@@ -127,6 +138,8 @@ class ShardServer {
 
   absl::Mutex step_mu_ ABSL_ACQUIRED_BEFORE(model_mu_);
   std::unique_ptr<Collective> collective_ ABSL_GUARDED_BY(step_mu_);
+  std::unique_ptr<StepAgreement> agreement_ ABSL_GUARDED_BY(step_mu_);  // multi-rank
+  std::string model_description_ ABSL_GUARDED_BY(step_mu_);  // DescribeModel
   std::unique_ptr<Checkpointer> checkpointer_;  // null: checkpoints off
   std::optional<RestoredState> staged_restore_ ABSL_GUARDED_BY(step_mu_);
   std::string restored_from_ ABSL_GUARDED_BY(stats_mu_);

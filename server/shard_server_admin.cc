@@ -114,9 +114,10 @@ absl::StatusOr<v1::InspectResponse> ShardServer::Inspect(
         "range starting at ", req.begin(), " is outside tensor '", t.desc.name,
         "' of ", t.numel, " elements"));
   }
-  const int64_t end = req.count() == 0
+  // begin <= numel here, so numel - begin cannot overflow; begin + count can.
+  const int64_t end = req.count() == 0 || req.count() >= t.numel - req.begin()
                           ? t.numel
-                          : std::min(t.numel, req.begin() + req.count());
+                          : req.begin() + req.count();
   // The part of [begin, end) this rank owns (a contiguous range, since the
   // tensor is contiguous in the flat layout and slices are contiguous).
   const Range owned = m->owned();

@@ -187,6 +187,22 @@ absl::Status PeerTable::Set(std::string_view key, std::string_view value) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::string> PeerTable::SetIfAbsent(std::string_view key,
+                                                   std::string_view value) {
+  if (!is_coordinator()) return NotCoordinator("serve the rendezvous store");
+  if (key.empty()) return absl::InvalidArgumentError("empty rendezvous key");
+  absl::MutexLock lock(&mu_);
+  if (closed_) return ShuttingDown();
+  return kv_.try_emplace(std::string(key), value).first->second;
+}
+
+absl::Status PeerTable::Erase(std::string_view key) {
+  if (!is_coordinator()) return NotCoordinator("serve the rendezvous store");
+  absl::MutexLock lock(&mu_);
+  kv_.erase(std::string(key));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> PeerTable::Get(std::string_view key,
                                            absl::Duration timeout) {
   if (!is_coordinator()) return NotCoordinator("serve the rendezvous store");
@@ -274,9 +290,13 @@ grpc::Status PeerService::GetPeers(grpc::ServerContext*,
 
 grpc::Status PeerService::KvSet(grpc::ServerContext*,
                                 const v1::KvSetRequest* req,
-                                v1::KvSetResponse*) {
+                                v1::KvSetResponse* resp) {
   SHERD_ADMIT_OR_RETURN(inflight_);
-  return ToGrpcStatus(table_.Set(req->key(), req->value()));
+  if (!req->if_absent()) return ToGrpcStatus(table_.Set(req->key(), req->value()));
+  absl::StatusOr<std::string> now = table_.SetIfAbsent(req->key(), req->value());
+  if (!now.ok()) return ToGrpcStatus(now.status());
+  resp->set_value(*std::move(now));
+  return grpc::Status::OK;
 }
 
 grpc::Status PeerService::KvGet(grpc::ServerContext* context,

@@ -82,6 +82,9 @@ class PeerTable final : public KvStore {
 
   // KvStore, coordinator only. Keys must be non-empty.
   absl::Status Set(std::string_view key, std::string_view value) override;
+  absl::StatusOr<std::string> SetIfAbsent(std::string_view key,
+                                          std::string_view value) override;
+  absl::Status Erase(std::string_view key) override;
   absl::StatusOr<std::string> Get(std::string_view key,
                                   absl::Duration timeout) override;
 

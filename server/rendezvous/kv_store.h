@@ -2,9 +2,12 @@
 // id go through it. Rank 0 hosts the real one over gRPC (peer service); the
 // in-memory one serves threads-as-ranks tests.
 //
-// Contract: Set overwrites; Get blocks until the key exists or the timeout
-// expires (DEADLINE_EXCEEDED), or the store becomes unreachable (UNAVAILABLE).
-// Implementations are thread-safe.
+// Contract: Set overwrites; SetIfAbsent sets only a key that does not exist
+// (first writer wins, atomically) and returns the value the key holds
+// afterwards; Get blocks until the key exists or the timeout expires
+// (DEADLINE_EXCEEDED), or the store becomes unreachable (UNAVAILABLE).
+// Erase removes a key; only the store's host may erase (the remote view
+// answers UNIMPLEMENTED). Implementations are thread-safe.
 #pragma once
 
 #include <map>
@@ -23,8 +26,13 @@ class KvStore {
  public:
   virtual ~KvStore() = default;
   virtual absl::Status Set(std::string_view key, std::string_view value) = 0;
+  virtual absl::StatusOr<std::string> SetIfAbsent(std::string_view key,
+                                                  std::string_view value) = 0;
   virtual absl::StatusOr<std::string> Get(std::string_view key,
                                           absl::Duration timeout) = 0;
+  virtual absl::Status Erase(std::string_view key) {
+    return absl::UnimplementedError("this store view cannot erase keys");
+  }
 };
 
 class InMemoryKvStore : public KvStore {
@@ -32,6 +40,16 @@ class InMemoryKvStore : public KvStore {
   absl::Status Set(std::string_view key, std::string_view value) override {
     absl::MutexLock lock(&mu_);
     map_[std::string(key)] = std::string(value);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::string> SetIfAbsent(std::string_view key,
+                                          std::string_view value) override {
+    absl::MutexLock lock(&mu_);
+    return map_.try_emplace(std::string(key), value).first->second;
+  }
+  absl::Status Erase(std::string_view key) override {
+    absl::MutexLock lock(&mu_);
+    map_.erase(std::string(key));
     return absl::OkStatus();
   }
   absl::StatusOr<std::string> Get(std::string_view key,

@@ -167,6 +167,21 @@ absl::Status RemoteKvStore::Set(std::string_view key, std::string_view value) {
   v1::KvSetRequest req;
   req.set_key(std::string(key));
   req.set_value(std::string(value));
+  return CallSet(std::move(req)).status();
+}
+
+absl::StatusOr<std::string> RemoteKvStore::SetIfAbsent(std::string_view key,
+                                                       std::string_view value) {
+  v1::KvSetRequest req;
+  req.set_key(std::string(key));
+  req.set_value(std::string(value));
+  req.set_if_absent(true);
+  return CallSet(std::move(req));
+}
+
+// Retrying an if_absent set is safe: a second attempt after a first that
+// landed answers the value the first one wrote.
+absl::StatusOr<std::string> RemoteKvStore::CallSet(v1::KvSetRequest req) {
   const absl::Time retry_until = absl::Now() + options_.unavailable_retry;
   Backoff backoff(absl::Milliseconds(50), absl::Seconds(1));
   for (;;) {
@@ -174,7 +189,7 @@ absl::Status RemoteKvStore::Set(std::string_view key, std::string_view value) {
     context.set_deadline(absl::ToChronoTime(absl::Now() + options_.set_timeout));
     v1::KvSetResponse resp;
     absl::Status s = FromGrpcStatus(stub_->KvSet(&context, req, &resp));
-    if (s.ok()) return s;
+    if (s.ok()) return std::move(*resp.mutable_value());
     if (s.code() != absl::StatusCode::kUnavailable ||
         absl::Now() >= retry_until) {
       return absl::Status(s.code(),

@@ -88,10 +88,14 @@ class RemoteKvStore final : public KvStore {
                 std::string target, RemoteKvOptions options = {});
 
   absl::Status Set(std::string_view key, std::string_view value) override;
+  absl::StatusOr<std::string> SetIfAbsent(std::string_view key,
+                                          std::string_view value) override;
   absl::StatusOr<std::string> Get(std::string_view key,
                                   absl::Duration timeout) override;
 
  private:
+  absl::StatusOr<std::string> CallSet(v1::KvSetRequest req);
+
   const std::unique_ptr<v1::Peer::StubInterface> stub_;
   const std::string target_;
   const RemoteKvOptions options_;

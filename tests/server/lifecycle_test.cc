@@ -132,6 +132,21 @@ TEST(Lifecycle, BadFlagsExitWithUsageError) {
   EXPECT_NE(r.out.find("--memory-limit"), std::string::npos);
 }
 
+// Options that depend on each other are checked at start (issue 13,
+// defect 7): before, these were ignored and training started fresh, or
+// failed at the first Register.
+TEST(Lifecycle, DependentOptionsAreCheckedAtStart) {
+  auto r = testing::RunProgram({SHERD_SERVER_BIN, "--restore", "ckpt-000000000004"});
+  EXPECT_EQ(r.code, 2);
+  r = testing::RunProgram({SHERD_SERVER_BIN, "--checkpoint-every", "5"});
+  EXPECT_EQ(r.code, 2);
+  r = testing::RunProgram({SHERD_SERVER_BIN, "--checkpoint-dir", "/tmp", "--restore", "latest"});
+  EXPECT_EQ(r.code, 2);
+  r = testing::RunProgram(
+      {SHERD_SERVER_BIN, "--checkpoint-dir", "/tmp", "--restore", "ckpt-1/../../etc"});
+  EXPECT_EQ(r.code, 2);
+}
+
 TEST(Lifecycle, ConfigFileAndEnvironment) {
   std::string cfg = "/tmp/sherd-test-" + std::to_string(getpid()) + ".toml";
   { FILE* f = fopen(cfg.c_str(), "w"); fputs("memory-limit = \"1KiB\"\n", f); fclose(f); }

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <limits>
 
 #include "sherd/v1/admin.grpc.pb.h"
 #include "sherd/v1/trainer.grpc.pb.h"
@@ -197,6 +198,14 @@ TEST_F(ProtocolTest, BadModelsAreRejected) {
   g->set_beta1(1.5f);
   EXPECT_EQ(Register(beta).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 
+  // Two "default" groups: refused, not "the last one wins" (issue 13, 9).
+  auto two_defaults = Model();
+  two_defaults.add_groups()->set_name("default");
+  two_defaults.add_groups()->set_name("default");
+  s = Register(two_defaults);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("duplicate param group 'default'"), std::string::npos);
+
   v1::RegisterRequest none;
   none.set_model_name("none");
   EXPECT_EQ(Register(none).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
@@ -207,6 +216,52 @@ TEST_F(ProtocolTest, BadModelsAreRejected) {
   ASSERT_TRUE(admin_->Status(&ctx, {}, &st).ok());
   EXPECT_FALSE(st.has_model());
   EXPECT_TRUE(Register(Model()).ok());
+}
+
+// Inspect with a count past the end reads to the end, however large the
+// count (begin + count overflowed, giving an empty range).
+TEST_F(ProtocolTest, InspectWithAHugeCountReadsToTheEnd) {
+  RegisterAndInit();
+  for (int64_t count : {int64_t{1000}, std::numeric_limits<int64_t>::max()}) {
+    grpc::ClientContext ctx;
+    v1::InspectRequest req;
+    req.set_name("w");
+    req.set_begin(3);
+    req.set_count(count);
+    req.set_state(v1::STATE_PARAM);
+    req.set_values(true);
+    req.set_max_values(1000);
+    v1::InspectResponse r;
+    ASSERT_TRUE(admin_->Inspect(&ctx, req, &r).ok());
+    EXPECT_EQ(r.begin(), 3);
+    EXPECT_EQ(r.end(), 100) << count;
+    EXPECT_EQ(r.values_size(), 97) << count;
+  }
+}
+
+// A fetch asking for chunks of 2^20 elements is answered in messages a
+// client with gRPC's default 4 MiB receive limit can read.
+TEST_F(ProtocolTest, LargeFetchChunksFitTheDefaultReceiveLimit) {
+  v1::RegisterRequest big;
+  big.set_model_name("big");
+  auto* t = big.add_tensors();
+  t->set_name("w");
+  t->add_shape(1 << 20);
+  t->set_dtype(v1::DTYPE_FLOAT32);
+  ASSERT_TRUE(Register(big).ok());
+  auto channel = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+  auto trainer = v1::Trainer::NewStub(channel);
+  grpc::ClientContext ctx;
+  v1::FetchRequest req;
+  req.set_buffer(v1::BUFFER_PARAMS);
+  req.set_chunk_elements(1 << 20);
+  auto r = trainer->Fetch(&ctx, req);
+  v1::DataChunk c;
+  int64_t got = 0;
+  while (r->Read(&c)) got += static_cast<int64_t>(c.data().size() / sizeof(float));
+  grpc::Status s = r->Finish();
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(got, 1 << 20);
 }
 
 TEST_F(ProtocolTest, SecondRegisterWithADifferentModelIsRefused) {

@@ -43,7 +43,9 @@ def test_a_rank_that_stops_stepping_fails_the_others_within_the_timeout(tmp_path
     r0 = run.results.get(0)
     assert r0 is not None, run
     assert "step_error" in r0, r0
-    assert "Unavailable" in r0["step_error"], r0
+    # The servers' step agreement names the rank; nothing was applied.
+    assert r0["step_error"].startswith("DeadlineExceeded"), r0
+    assert "rank 1 did not take part in step" in r0["step_error"], r0
     assert r0["step_error_after_s"] < 30, r0
 
 
