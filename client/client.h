@@ -52,7 +52,10 @@
 namespace sherd {
 
 struct ClientOptions {
-  absl::Duration deadline = absl::Seconds(60);  // per call
+  // Per call. Longer than a step may wait on the servers (their default
+  // collective timeout, 60 s, plus the step agreement's grace), so that a
+  // step the servers refuse reports their reason, not this deadline.
+  absl::Duration deadline = absl::Seconds(90);
   int max_retries = 5;                          // for UNAVAILABLE on Step
   absl::Duration retry_backoff = absl::Milliseconds(100);  // doubles per try
   absl::Duration max_retry_backoff = absl::Seconds(2);
