@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/limits.h"
 
 namespace sherd {
 namespace {
@@ -41,6 +42,11 @@ absl::StatusOr<Layout> Layout::Build(std::vector<TensorDesc> tensors,
       return absl::InvalidArgumentError(absl::StrCat(
           "tensor '", d.name,
           "' has an empty shape; a scalar is registered as shape [1]"));
+    }
+    if (d.shape.size() > kMaxTensorDims) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", d.name, "' has ", d.shape.size(), " dimensions; at most ",
+          kMaxTensorDims, " are supported (the checkpoint format's limit)"));
     }
     int64_t numel = 1;
     for (int64_t dim : d.shape) {

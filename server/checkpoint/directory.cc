@@ -124,7 +124,15 @@ absl::StatusOr<LoadableCheckpoint> FindNewestLoadable(
     if (!HasManifest(path)) continue;
     auto reader = CheckpointReader::Open(path);
     absl::Status s = reader.status();
-    if (s.ok()) s = reader->CheckModel(spec);
+    if (s.ok()) {
+      // Another model's checkpoint (a directory shared by two jobs, or a
+      // model whose shapes changed) is not this model's to restore: passed
+      // over with a warning. It never makes this model's start fail.
+      if (absl::Status other = reader->CheckModel(spec); !other.ok()) {
+        SHERD_LOG(Warning, "checkpoint: passing over %s: %s", path, other.message());
+        continue;
+      }
+    }
     if (s.ok()) s = options.verify_data ? reader->Verify() : reader->CheckFiles();
     if (s.ok()) return LoadableCheckpoint{*std::move(reader), std::move(skipped)};
     SHERD_LOG(Warning, "checkpoint: skipping %s: %s", path, s.ToString());

@@ -70,9 +70,10 @@ struct LoadableCheckpoint {
 };
 
 // The newest checkpoint of `spec` under `root` that checks out, skipping
-// corrupt ones and ones of another model. NOT_FOUND if the root holds
-// none; if it holds only unusable ones, the newest one's error (DATA_LOSS
-// or FAILED_PRECONDITION naming the file).
+// corrupt ones. Checkpoints of another model are passed over with a
+// warning and never make this fail. NOT_FOUND if the root holds none of
+// this model; if it holds only unusable ones, the newest one's error
+// (DATA_LOSS naming the file).
 absl::StatusOr<LoadableCheckpoint> FindNewestLoadable(
     const std::string& root, const ModelSpec& spec,
     const FindOptions& options = {});

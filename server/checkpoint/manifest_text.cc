@@ -6,13 +6,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/dtype.h"
+#include "common/limits.h"
 
 namespace sherd::internal {
 namespace {
 
 constexpr int64_t kMaxWorld = int64_t{1} << 20;
 constexpr int64_t kMaxAlignment = int64_t{1} << 20;
-constexpr size_t kMaxDims = 64;
 
 bool Plain(char c) {
   return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' ||
@@ -59,7 +59,7 @@ std::string ParseTensor(const Tokens& t, Manifest* m, ManifestFields* f) {
   if (group < 0 || group > kMaxWorld) return "bad group index";
   d.group = static_cast<int>(group);
   std::vector<absl::string_view> dims = absl::StrSplit(t[7], ',');
-  if (dims.size() > kMaxDims) return "too many dimensions";
+  if (dims.size() > kMaxTensorDims) return "too many dimensions";
   for (absl::string_view dim : dims) {
     int64_t v;
     if (!absl::SimpleAtoi(dim, &v)) return "bad shape";

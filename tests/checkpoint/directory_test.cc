@@ -122,6 +122,23 @@ TEST_F(DirectoryTest, RetentionNeverDropsTheLastGoodOne) {
   EXPECT_EQ(found->reader.manifest().step, 2);
 }
 
+TEST_F(DirectoryTest, AnotherModelsCheckpointsArePassedOver) {
+  SaveStep(1);
+  ModelSpec other = testing::RandomModel(7);
+  other.name = "another";
+  Layout layout = *Layout::Build(other.tensors, 2);
+  testing::Save(root_.path(), other, 2, 5, testing::RandomState(layout, 5));
+  auto found = FindNewestLoadable(root_.path(), spec_);
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_EQ(found->reader.manifest().step, 1);
+  EXPECT_TRUE(found->skipped.empty());
+  // Only another model's: nothing to restore, not an error.
+  ModelSpec third = testing::RandomModel(9);
+  third.name = "third";
+  EXPECT_EQ(FindNewestLoadable(root_.path(), third).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
 TEST_F(DirectoryTest, SavingAStepTwiceIsAlreadyExistsAndLeavesNoTemp) {
   std::string first = SaveStep(7);
   Layout layout = *Layout::Build(spec_.tensors, 2);

@@ -213,6 +213,45 @@ TEST_F(CheckpointTest, EveryKStepsNeverDropsASaveThatIsDueWhileOneIsWriting) {
   ExpectNoTempDirs();
 }
 
+// Another model's checkpoint in the directory, even a newer one, does not
+// block this model's start (issue 13, defect 5): it is passed over, and
+// this model restores its own newest checkpoint, or starts fresh.
+TEST_F(CheckpointTest, AnotherModelsCheckpointIsPassedOverNotABlock) {
+  {
+    auto cluster = ClusterProcess::Start(1, Flags("newest"));
+    ASSERT_TRUE(cluster.ok());
+    Trainers t(*cluster, 1);
+    t.Steps(2);
+    ASSERT_TRUE(t.client(0).Checkpoint().ok());
+    EXPECT_TRUE(cluster->Stop());
+  }
+  const ModelDef other{.name = "other", .tensors = {{"x", {7}, ""}}};
+  auto run_other = [&](int steps) {
+    auto cluster = ClusterProcess::Start(1, Flags("newest"));
+    ASSERT_TRUE(cluster.ok());
+    auto c = Client::Connect(cluster->address(0));
+    ASSERT_TRUE(c.ok());
+    auto info = (*c)->Register(other);
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_FALSE(info->initialized) << "nothing of this model to restore";
+    ASSERT_TRUE((*c)->InitParams().ok());
+    for (int s = 0; s < steps; ++s) ASSERT_TRUE((*c)->Step({.lr = 0.01f}).ok());
+    auto saved = (*c)->Checkpoint();
+    ASSERT_TRUE(saved.ok()) << saved.status();
+    EXPECT_TRUE(cluster->Stop());
+  };
+  run_other(5);  // ck's step-2 checkpoint did not block it; saves step 5
+  auto cluster = ClusterProcess::Start(1, Flags("newest"));
+  ASSERT_TRUE(cluster.ok());
+  auto c = Client::Connect(cluster->address(0));
+  ASSERT_TRUE(c.ok());
+  auto info = (*c)->Register(Model());
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_TRUE(info->initialized);
+  EXPECT_EQ(info->next_step, 3) << "ck's own step-2 checkpoint, past other's step 5";
+  EXPECT_TRUE(cluster->Stop());
+}
+
 TEST_F(CheckpointTest, CorruptCheckpointIsRefusedNotLoaded) {
   {
     auto cluster = ClusterProcess::Start(1, Flags("newest"));

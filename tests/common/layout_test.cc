@@ -1,4 +1,5 @@
 #include "common/layout.h"
+#include "common/limits.h"
 
 #include <gtest/gtest.h>
 
@@ -68,6 +69,13 @@ TEST(Layout, RejectsBadTensors) {
   unnamed[0].name = "";
   EXPECT_FALSE(Layout::Build(unnamed, 1).ok());
   EXPECT_FALSE(Layout::Build(Tensors({{2}}), 0).ok());
+  // As many dimensions as a checkpoint manifest holds, no more (issue 13,
+  // defect 5: a 65-dimension model trained and saved, then no Register
+  // could load the directory).
+  EXPECT_TRUE(Layout::Build(Tensors({std::vector<int64_t>(kMaxTensorDims, 1)}), 1).ok());
+  s = Layout::Build(Tensors({std::vector<int64_t>(kMaxTensorDims + 1, 1)}), 1).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("65 dimensions; at most 64"), absl::string_view::npos) << s;
 }
 
 // Property: for random models and world sizes, the pieces of every tensor
