@@ -42,6 +42,25 @@ void Progress(const char* what, int64_t done, int64_t total) {
 int RunCheckpointSave(const GlobalOptions& g, const CheckpointOptions& o) {
   auto cluster = Cluster::Discover(g);
   if (!cluster.ok()) return Fail(cluster.status());
+  // Every rank must be at the same step before any save starts: a save
+  // started on rank 0 and refused on another would leave rank 0 waiting for
+  // a shard that never comes.
+  int64_t last = -1;
+  int last_rank = 0;
+  for (const RankEndpoint& e : cluster->ranks()) {
+    v1::StatusResponse st;
+    absl::Status s = cluster->Call(cluster->Admin(e.rank), e.address,
+                                   &v1::Admin::Stub::Status, v1::StatusRequest(), &st);
+    if (!s.ok()) return Fail(absl::Status(s.code(), absl::StrCat("rank ", e.rank, ": ", s.message())));
+    if (last >= 0 && st.last_step() != last) {
+      return Fail(absl::FailedPreconditionError(absl::StrCat(
+          "ranks are at different steps (rank ", last_rank, " at step ", last, ", rank ",
+          e.rank, " at step ", st.last_step(), "); nothing was saved: save between "
+          "steps, when every trainer has finished the same step")));
+    }
+    last = st.last_step();
+    last_rank = e.rank;
+  }
   int64_t step = -1;
   // Every rank saves its own slice; rank 0 commits once all have written.
   for (const RankEndpoint& e : cluster->ranks()) {

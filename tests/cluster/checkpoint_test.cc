@@ -11,7 +11,10 @@
 #include <unistd.h>
 #include <thread>
 
+#include <grpcpp/grpcpp.h>
+
 #include "client/client.h"
+#include "sherd/v1/admin.grpc.pb.h"
 #include "tests/testing/process.h"
 
 namespace sherd {
@@ -175,6 +178,38 @@ TEST_F(CheckpointTest, RuntimeRestoreRewindsEveryRankAndTrainingReplaysIdentical
   EXPECT_EQ(again.client(0).next_step(), 5);
   again.Steps(8);
   EXPECT_EQ(again.Params(), at8);  // replaying steps 5..8 gives the same params
+  EXPECT_TRUE(cluster->Stop());
+}
+
+// sherdctl checkpoint save checks that every rank is at the same step
+// before it starts any save (issue 13, defect 4): before, rank 0's save
+// started, and then waited minutes for a shard rank 1 never wrote.
+TEST_F(CheckpointTest, SaveRefusesRanksAtDifferentStepsBeforeStartingAny) {
+  auto cluster = ClusterProcess::Start(2, Flags("none"));
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Trainers t(*cluster, 2);
+  t.Steps(2);
+  auto save = RunProgram({SHERDCTL_BIN, "--server", cluster->address(0), "checkpoint", "save"});
+  ASSERT_EQ(save.code, 0) << save.out;
+  t.Steps(4);
+  // Rank 1 alone is rewound to step 2 (raw admin calls, one rank).
+  auto admin = v1::Admin::NewStub(
+      grpc::CreateChannel(cluster->address(1), grpc::InsecureChannelCredentials()));
+  for (auto phase : {v1::CheckpointRestoreRequest::PREPARE, v1::CheckpointRestoreRequest::COMMIT}) {
+    grpc::ClientContext ctx;
+    v1::CheckpointRestoreRequest req;
+    req.set_phase(phase);
+    req.set_name("ckpt-000000000002");
+    v1::CheckpointRestoreResponse resp;
+    ASSERT_TRUE(admin->CheckpointRestore(&ctx, req, &resp).ok());
+  }
+  save = RunProgram({SHERDCTL_BIN, "--server", cluster->address(0), "checkpoint", "save"});
+  EXPECT_EQ(save.code, 1) << save.out;
+  auto st = RunProgram({SHERDCTL_BIN, "--server", cluster->address(0), "checkpoint", "status"});
+  EXPECT_EQ(st.code, 0);
+  // No save started anywhere: nothing in flight, no step-4 checkpoint.
+  EXPECT_EQ(st.out.find("yes"), std::string::npos) << st.out;
+  EXPECT_FALSE(fs::exists(dir_ / "ckpt-000000000004"));
   EXPECT_TRUE(cluster->Stop());
 }
 
