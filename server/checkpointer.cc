@@ -2,9 +2,11 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -19,14 +21,26 @@ namespace {
 
 constexpr char kErrorPrefix[] = "ERR:";
 
-std::string ReportKey(int64_t step, int rank) {
-  return absl::StrCat("ckpt/", step, "/shard/", rank);
+std::string ReportKey(const std::string& save_id, int rank) {
+  return absl::StrCat("ckpt/", save_id, "/shard/", rank);
 }
 
-// Every rank writes into the same temporary directory of a step; its name
-// is a pure function of the step so no one has to hand it out.
-std::string TempDir(const std::string& root, int64_t step) {
-  return absl::StrCat(root, "/", kTempPrefix, step, "-cluster");
+// Every rank writes into the same temporary directory of a save; its name
+// is a pure function of the step and the save id, so no one has to hand it
+// out.
+std::string TempDir(const std::string& root, int64_t step, const std::string& save_id) {
+  return absl::StrCat(root, "/", kTempPrefix, step, "-", save_id);
+}
+
+absl::Status CheckSaveId(const std::string& id) {
+  const bool ok = !id.empty() && id.size() <= 64 &&
+                  std::all_of(id.begin(), id.end(), [](char c) {
+                    return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_' ||
+                           c == '-';
+                  });
+  if (ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "save id '", id, "' must be 1 to 64 characters of letters, digits, '_' and '-'"));
 }
 
 absl::Status MakeDir(const std::string& path) {
@@ -56,45 +70,88 @@ void Checkpointer::SetReportStore(std::shared_ptr<KvStore> store) {
   store_ = std::move(store);
 }
 
+void Checkpointer::ReportFailure(const std::string& save_id, const absl::Status& error) {
+  std::shared_ptr<KvStore> store;
+  {
+    absl::MutexLock l(&mu_);
+    store = store_;
+  }
+  if (rank_ == 0 || store == nullptr) return;
+  absl::Status sent =
+      store->Set(ReportKey(save_id, rank_), absl::StrCat(kErrorPrefix, error.message()));
+  if (!sent.ok()) SHERD_LOG(Warning, "checkpoint %s: cannot report: %s", save_id, sent.message());
+}
+
+void Checkpointer::EraseReports(const std::string& save_id) {
+  std::shared_ptr<KvStore> store;
+  std::vector<std::string> ids = {save_id};
+  {
+    absl::MutexLock l(&mu_);
+    store = store_;
+    ids.insert(ids.end(), abandoned_.begin(), abandoned_.end());
+    abandoned_.clear();
+  }
+  if (store == nullptr) return;
+  for (const std::string& id : ids) {
+    for (int r = 1; r < world_size_; ++r) store->Erase(ReportKey(id, r)).IgnoreError();
+  }
+}
+
 absl::Status Checkpointer::Start(const ModelState& model, int64_t step,
-                                 std::map<std::string, int64_t> counters) {
+                                 std::map<std::string, int64_t> counters,
+                                 const std::string& save_id) {
+  RETURN_IF_ERROR(CheckSaveId(save_id));
+  absl::Status refused;
   {
     absl::MutexLock l(&mu_);
     if (committing_ || saver_.progress().in_flight) {
-      return absl::FailedPreconditionError(
+      refused = absl::FailedPreconditionError(
           absl::StrCat("a checkpoint save (step ", step_, ") is still in flight"));
-    }
-    if (world_size_ > 1 && store_ == nullptr) {
+    } else if (world_size_ > 1 && store_ == nullptr) {
       return absl::UnavailableError("the cluster has not formed yet");
+    } else {
+      committing_ = true;
+      step_ = step;
+      last_error_.clear();
     }
-    committing_ = true;
-    step_ = step;
-    last_error_.clear();
   }
-  std::string dir = TempDir(options_.root, step);
+  if (!refused.ok()) {
+    ReportFailure(save_id, refused);  // rank 0 must not wait for this shard
+    if (rank_ == 0) {
+      // The others may still report this save; their reports are erased
+      // with the next save's.
+      absl::MutexLock l(&mu_);
+      abandoned_.push_back(save_id);
+    }
+    return refused;
+  }
+  std::string dir = TempDir(options_.root, step, save_id);
   absl::Status s = MakeDir(dir);
   if (s.ok()) {
     ModelSpec spec = model.spec();
     s = saver_.Start(
         dir, rank_, world_size_, model.owned(), step, model.master(),
         model.exp_avg(), model.exp_avg_sq(),
-        [this, spec, step, dir, counters](const absl::StatusOr<ShardInfo>& shard) {
-          Finish(spec, step, dir, counters, shard);
+        [this, spec, step, save_id, dir, counters](const absl::StatusOr<ShardInfo>& shard) {
+          Finish(spec, step, save_id, dir, counters, shard);
         },
         {}, [&model](float* dst, const float* src, int64_t n) {
           return model.Copy(dst, src, n);
         });
   }
   if (!s.ok()) {
-    absl::MutexLock l(&mu_);
-    committing_ = false;
-    last_error_ = std::string(s.message());
+    {
+      absl::MutexLock l(&mu_);
+      committing_ = false;
+      last_error_ = std::string(s.message());
+    }
+    ReportFailure(save_id, s);
   }
   return s;
 }
 
-void Checkpointer::Finish(const ModelSpec& spec, int64_t step, std::string dir,
-                          std::map<std::string, int64_t> counters,
+void Checkpointer::Finish(const ModelSpec& spec, int64_t step, const std::string& save_id,
+                          std::string dir, std::map<std::string, int64_t> counters,
                           const absl::StatusOr<ShardInfo>& shard) {
   absl::Status result;
   if (rank_ != 0) {
@@ -106,13 +163,15 @@ void Checkpointer::Finish(const ModelSpec& spec, int64_t step, std::string dir,
     result = shard.status();
     std::string report = shard.ok() ? EncodeShardInfo(*shard)
                                     : absl::StrCat(kErrorPrefix, shard.status().message());
-    absl::Status sent = store->Set(ReportKey(step, rank_), report);
+    absl::Status sent = store->Set(ReportKey(save_id, rank_), report);
     if (result.ok()) result = sent;
   } else if (!shard.ok()) {
     result = shard.status();
     (void)AbortCheckpoint(dir);
+    EraseReports(save_id);
   } else {
-    result = Commit(spec, step, dir, std::move(counters), *shard);
+    result = Commit(spec, step, save_id, dir, std::move(counters), *shard);
+    EraseReports(save_id);
   }
   absl::MutexLock l(&mu_);
   committing_ = false;
@@ -125,7 +184,7 @@ void Checkpointer::Finish(const ModelSpec& spec, int64_t step, std::string dir,
 }
 
 absl::Status Checkpointer::Commit(const ModelSpec& spec, int64_t step,
-                                  const std::string& dir,
+                                  const std::string& save_id, const std::string& dir,
                                   std::map<std::string, int64_t> counters,
                                   ShardInfo own) {
   std::vector<ShardInfo> shards(world_size_);
@@ -136,7 +195,8 @@ absl::Status Checkpointer::Commit(const ModelSpec& spec, int64_t step,
     store = store_;
   }
   for (int r = 1; r < world_size_; ++r) {
-    absl::StatusOr<std::string> report = store->Get(ReportKey(step, r), options_.report_timeout);
+    absl::StatusOr<std::string> report =
+        store->Get(ReportKey(save_id, r), options_.report_timeout);
     absl::Status s = report.status();
     if (s.ok() && absl::StartsWith(*report, kErrorPrefix)) {
       s = absl::UnavailableError(absl::StrCat("rank ", r, ": ", report->substr(4)));

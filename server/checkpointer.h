@@ -2,11 +2,17 @@
 // commits, and restoring at registration. The format and its guarantees live
 // in server/checkpoint/ (docs/checkpoint_format.md).
 //
-// Save: every rank snapshots its slice under the step mutex (Start) and
-// writes it in the background into <root>/.tmp-ckpt-<step>-cluster/. A rank
-// other than 0 reports its shard (or its error) to rank 0 through the
-// rendezvous store; rank 0 writes the manifest and commits only when every
-// rank has reported success, then applies retention. At most one save is in
+// Save: every save has an id that all ranks share (the server derives it
+// from the step and its agreement round, or sherdctl sends one). Every rank
+// snapshots its slice under the step mutex (Start) and writes it in the
+// background into <root>/.tmp-ckpt-<step>-<id>/. A rank other than 0
+// reports its shard, or its error (also a failure to start), to rank 0
+// through the rendezvous store under "ckpt/<id>/shard/<rank>"; rank 0 writes
+// the manifest and commits only when every rank has reported success, then
+// applies retention, and erases the save's reports on commit or abort. Two
+// saves of one step (an every-K save, then one asked for; or a step replayed
+// after a restore) therefore never share a directory or read each other's
+// reports. At most one save is in
 // flight per rank (Start is FAILED_PRECONDITION otherwise; the server waits
 // with WaitIdle before an every-K save); the destructor waits for it.
 //
@@ -65,10 +71,12 @@ class Checkpointer {
   // Where ranks other than 0 report (rank 0's store); unset with one rank.
   void SetReportStore(std::shared_ptr<KvStore> store);
 
-  // Snapshots the slice of `model` at `step` and saves it in the background.
-  // FAILED_PRECONDITION while a save is in flight.
+  // Snapshots the slice of `model` at `step` and saves it in the background
+  // as save `save_id` (the same on every rank; [A-Za-z0-9_-], 1 to 64
+  // characters, else INVALID_ARGUMENT). FAILED_PRECONDITION while a save is
+  // in flight.
   absl::Status Start(const ModelState& model, int64_t step,
-                     std::map<std::string, int64_t> counters);
+                     std::map<std::string, int64_t> counters, const std::string& save_id);
 
   struct Status {
     bool in_flight = false;
@@ -95,11 +103,16 @@ class Checkpointer {
   static absl::Status Apply(const RestoredState& state, ModelState& model);
 
  private:
-  void Finish(const ModelSpec& spec, int64_t step, std::string dir,
-              std::map<std::string, int64_t> counters,
+  void Finish(const ModelSpec& spec, int64_t step, const std::string& save_id,
+              std::string dir, std::map<std::string, int64_t> counters,
               const absl::StatusOr<ShardInfo>& shard);
-  absl::Status Commit(const ModelSpec& spec, int64_t step, const std::string& dir,
-                      std::map<std::string, int64_t> counters, ShardInfo own);
+  absl::Status Commit(const ModelSpec& spec, int64_t step, const std::string& save_id,
+                      const std::string& dir, std::map<std::string, int64_t> counters,
+                      ShardInfo own);
+  // Rank != 0: tells rank 0 that this rank's part of `save_id` failed.
+  void ReportFailure(const std::string& save_id, const absl::Status& error);
+  // Rank 0: erases the reports of `save_id`.
+  void EraseReports(const std::string& save_id);
 
   const CheckpointOptions options_;
   const int rank_;
@@ -111,6 +124,7 @@ class Checkpointer {
   int64_t last_committed_step_ ABSL_GUARDED_BY(mu_) = 0;
   std::string last_committed_ ABSL_GUARDED_BY(mu_);
   std::string last_error_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> abandoned_ ABSL_GUARDED_BY(mu_);  // rank 0: refused save ids
   SnapshotSaver saver_;  // last: destroyed (and waited for) first
 };
 

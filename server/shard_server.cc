@@ -137,7 +137,8 @@ absl::Status ShardServer::PrepareCheckpoints() {
   return checkpointer_ ? checkpointer_->Prepare() : absl::OkStatus();
 }
 
-absl::Status ShardServer::StartCheckpointLocked(const ModelState& m, int64_t step) {
+absl::Status ShardServer::StartCheckpointLocked(const ModelState& m, int64_t step,
+                                                const std::string& save_id) {
   if (checkpointer_ == nullptr) {
     return absl::FailedPreconditionError(
         "checkpoints are off: start the server with --checkpoint-dir");
@@ -149,10 +150,10 @@ absl::Status ShardServer::StartCheckpointLocked(const ModelState& m, int64_t ste
                 {"steps_applied", steps_applied_},
                 {"steps_skipped", steps_skipped_}};
   }
-  return checkpointer_->Start(m, step, std::move(counters));
+  return checkpointer_->Start(m, step, std::move(counters), save_id);
 }
 
-absl::StatusOr<v1::CheckpointResponse> ShardServer::Checkpoint() {
+absl::StatusOr<v1::CheckpointResponse> ShardServer::Checkpoint(const std::string& save_id) {
   absl::MutexLock step_lock(&step_mu_);
   ASSIGN_OR_RETURN(std::shared_ptr<ModelState> m, RequireModel());
   int64_t step;
@@ -163,7 +164,8 @@ absl::StatusOr<v1::CheckpointResponse> ShardServer::Checkpoint() {
     }
     step = next_step_ - 1;
   }
-  RETURN_IF_ERROR(StartCheckpointLocked(*m, step));
+  RETURN_IF_ERROR(StartCheckpointLocked(
+      *m, step, save_id.empty() ? absl::StrCat("t", step, "-", last_round_) : save_id));
   v1::CheckpointResponse r;
   r.set_step(step);
   return r;
@@ -477,6 +479,7 @@ absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
     const absl::Time t0 = absl::Now();
     RETURN_IF_ERROR(agreement_->Agree(std::move(h), m ? model_description_ : ""));
     agreement_ms = absl::ToDoubleMilliseconds(absl::Now() - t0);
+    last_round_ = agreement_->round();
   }
   if (!args.ok()) return args.status();
   absl::StatusOr<StepOutcome> out = runner_->Run(*m, *collective_, *args);
@@ -525,7 +528,13 @@ absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
     // way, so all of them save this step.
     if (Checkpointer::Status prev = checkpointer_->status(); prev.in_flight) {
       const absl::Time t0 = absl::Now();
-      const bool idle = checkpointer_->WaitIdle(options_.checkpoint.report_timeout);
+      // Under the step lock: with peers, never longer than they wait for
+      // this rank's next step.
+      const absl::Duration bound =
+          options_.world_size > 1
+              ? std::min(options_.checkpoint.report_timeout, options_.agreement_timeout / 2)
+              : options_.checkpoint.report_timeout;
+      const bool idle = checkpointer_->WaitIdle(bound);
       const double waited = absl::ToDoubleSeconds(absl::Now() - t0);
       // A wait worth a warning: training visibly paused for storage.
       const bool notable = !idle || waited >= 1.0;
@@ -534,7 +543,8 @@ absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
           "saving takes longer than %d step(s) of training",
           req.step(), waited, prev.step, idle ? "" : " and gave up", every);
     }
-    absl::Status s = StartCheckpointLocked(*m, req.step());
+    absl::Status s = StartCheckpointLocked(*m, req.step(),
+                                           absl::StrCat("k", req.step(), "-", last_round_));
     if (!s.ok()) SHERD_LOG(Warning, "checkpoint at step %d: %s", req.step(), s.message());
   }
   return resp;

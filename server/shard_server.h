@@ -70,7 +70,8 @@ class ShardServer {
   // before serving.
   absl::Status PrepareCheckpoints();
   // Saves this rank's state after its last step (see Checkpointer).
-  absl::StatusOr<v1::CheckpointResponse> Checkpoint();
+  // `save_id` as in v1::CheckpointRequest (empty: derived).
+  absl::StatusOr<v1::CheckpointResponse> Checkpoint(const std::string& save_id = "");
   v1::CheckpointStatusResponse CheckpointStatus() const;
   absl::StatusOr<v1::CheckpointRestoreResponse> RestoreCheckpoint(
       const v1::CheckpointRestoreRequest& req);
@@ -111,7 +112,8 @@ class ShardServer {
  private:
   std::shared_ptr<ModelState> model() const;
   absl::StatusOr<std::shared_ptr<ModelState>> RequireModel() const;
-  absl::Status StartCheckpointLocked(const ModelState& m, int64_t step)
+  absl::Status StartCheckpointLocked(const ModelState& m, int64_t step,
+                                     const std::string& save_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
   absl::StatusOr<float*> BufferFor(const ModelState& m, v1::BufferKind kind) const;
   // The flat-layout range a buffer kind covers: all of P and G, the owned
@@ -139,6 +141,9 @@ class ShardServer {
   absl::Mutex step_mu_ ABSL_ACQUIRED_BEFORE(model_mu_);
   std::unique_ptr<Collective> collective_ ABSL_GUARDED_BY(step_mu_);
   std::unique_ptr<StepAgreement> agreement_ ABSL_GUARDED_BY(step_mu_);  // multi-rank
+  // The agreement's round counter after the last step that went ahead: the
+  // same on every rank, so saves derive shared ids from it.
+  int64_t last_round_ ABSL_GUARDED_BY(step_mu_) = 0;
   std::string model_description_ ABSL_GUARDED_BY(step_mu_);  // DescribeModel
   std::unique_ptr<Checkpointer> checkpointer_;  // null: checkpoints off
   std::optional<RestoredState> staged_restore_ ABSL_GUARDED_BY(step_mu_);

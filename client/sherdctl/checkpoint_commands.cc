@@ -4,6 +4,7 @@
 
 #include <cstdio>
 
+#include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -61,6 +62,10 @@ int RunCheckpointSave(const GlobalOptions& g, const CheckpointOptions& o) {
     last = st.last_step();
     last_rank = e.rank;
   }
+  // One id for this save on every rank: rank 0 collects exactly its shards.
+  absl::BitGen gen;
+  v1::CheckpointRequest save;
+  save.set_save_id(absl::StrFormat("ctl-%016x", absl::Uniform<uint64_t>(gen)));
   int64_t step = -1;
   // Every rank saves its own slice; rank 0 commits once all have written.
   for (const RankEndpoint& e : cluster->ranks()) {
@@ -68,7 +73,7 @@ int RunCheckpointSave(const GlobalOptions& g, const CheckpointOptions& o) {
     if (stub == nullptr) return Fail(absl::UnavailableError(absl::StrCat("rank ", e.rank, " has not joined")));
     v1::CheckpointResponse r;
     absl::Status s = cluster->Call(stub, e.address, &v1::Admin::Stub::CheckpointSave,
-                                   v1::CheckpointRequest(), &r);
+                                   save, &r);
     if (!s.ok()) return Fail(absl::Status(s.code(), absl::StrCat("rank ", e.rank, ": ", s.message())));
     if (step >= 0 && r.step() != step) {
       return Fail(absl::FailedPreconditionError(absl::StrCat(

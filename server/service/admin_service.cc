@@ -32,10 +32,10 @@ grpc::Status AdminService::Inspect(grpc::ServerContext*,
 }
 
 grpc::Status AdminService::CheckpointSave(grpc::ServerContext*,
-                                          const v1::CheckpointRequest*,
+                                          const v1::CheckpointRequest* req,
                                           v1::CheckpointResponse* resp) {
   SHERD_ADMIT_OR_RETURN(inflight_);
-  return Reply(server_.Checkpoint(), resp);
+  return Reply(server_.Checkpoint(req->save_id()), resp);
 }
 
 grpc::Status AdminService::CheckpointStatus(grpc::ServerContext*,

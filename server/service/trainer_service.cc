@@ -52,10 +52,10 @@ grpc::Status TrainerService::Fetch(grpc::ServerContext* ctx,
 }
 
 grpc::Status TrainerService::Checkpoint(grpc::ServerContext*,
-                                        const v1::CheckpointRequest*,
+                                        const v1::CheckpointRequest* req,
                                         v1::CheckpointResponse* resp) {
   SHERD_ADMIT_OR_RETURN(inflight_);
-  return Reply(server_.Checkpoint(), resp);
+  return Reply(server_.Checkpoint(req->save_id()), resp);
 }
 
 }  // namespace sherd

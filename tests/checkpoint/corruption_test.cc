@@ -177,9 +177,11 @@ TEST_F(CorruptionTest, ManifestOfAnotherModelIsFailedPrecondition) {
   ModelSpec retuned = spec_;  // new hyperparameters are not another model
   retuned.groups[0].weight_decay = 0.5f;
   EXPECT_TRUE(ckpt->CheckModel(retuned).ok());
+  // Looking for the newest of `other`, this one is passed over (with a
+  // warning), not an error that would block other's start (issue 13,
+  // defect 5); only naming it explicitly (CheckModel above) refuses it.
   auto found = FindNewestLoadable(root_.path(), other);
-  EXPECT_TRUE(absl::IsFailedPrecondition(found.status())) << found.status();
-  EXPECT_NE(found.status().message().find(manifest_), std::string::npos);
+  EXPECT_TRUE(absl::IsNotFound(found.status())) << found.status();
 }
 
 TEST_F(CorruptionTest, FindNewestLoadableFallsBackToPreviousGood) {

@@ -45,7 +45,14 @@ TEST(Faults, LostPeerFailsTheStepOnSurvivorsWithoutHangingOrHalfApplying) {
     ASSERT_TRUE(clients[r]->InitParams().ok());
     for (int s = 0; s < 2; ++s) {
       for (float& g : clients[r]->Grad("w")) g = 0.1f * (r + 1);
-      ASSERT_TRUE(clients[r]->Step({.lr = 0.01f}).ok());
+      // On a loaded machine one trainer may reach its first step more than
+      // the 2 s collective timeout after another: every rank then refuses
+      // that step (DEADLINE_EXCEEDED, nothing applied) and may retry it.
+      absl::StatusOr<StepResult> step = clients[r]->Step({.lr = 0.01f});
+      for (int retry = 0; retry < 5 && absl::IsDeadlineExceeded(step.status()); ++retry) {
+        step = clients[r]->Step({.lr = 0.01f});
+      }
+      ASSERT_TRUE(step.ok()) << step.status();
     }
   });
   ASSERT_FALSE(HasFailure());
