@@ -450,8 +450,7 @@ absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
     }
   }
   absl::StatusOr<StepArgs> args =
-      m == nullptr ? absl::FailedPreconditionError("no model is registered on this server")
-                   : PrepareStep(req, *m);
+      m == nullptr ? RequireModel().status() : PrepareStep(req, *m);
   if (!args.ok() && agreement_ == nullptr) return args.status();
   if (collective_ == nullptr) {
     return absl::UnavailableError(
