@@ -9,6 +9,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "server/checkpoint/directory.h"
@@ -294,6 +295,60 @@ absl::StatusOr<std::optional<RestoredState>> Checkpointer::Load(const ModelState
   SHERD_LOG(Info, "loaded %s (saved on %d ranks) for rank %d of %d", r.name,
             reader->manifest().world_size, rank_, world_size_);
   return std::optional<RestoredState>(std::move(r));
+}
+
+bool Checkpointer::WaitForStore(absl::Duration timeout) {
+  if (world_size_ == 1) return true;
+  absl::MutexLock l(&mu_);
+  auto formed = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return store_ != nullptr; };
+  return mu_.AwaitWithTimeout(absl::Condition(&formed), timeout);
+}
+
+absl::StatusOr<std::optional<RestoredState>> Checkpointer::LoadAtRegister(
+    const ModelState& model, uint64_t fingerprint) {
+  std::shared_ptr<KvStore> store;
+  {
+    absl::MutexLock l(&mu_);
+    store = store_;
+  }
+  if (world_size_ == 1) return Load(model, options_.restore);
+  if (store == nullptr) return absl::UnavailableError("the cluster has not formed yet");
+  constexpr char kChoiceKey[] = "restore/choice";
+  const std::string fp = absl::StrCat(absl::Hex(fingerprint, absl::kZeroPad16));
+  // The value: "<checkpoint name or none> <model fingerprint> <rank>".
+  auto follow = [&](const std::string& value) -> absl::StatusOr<std::optional<RestoredState>> {
+    std::vector<std::string> f = absl::StrSplit(value, ' ');
+    if (f.size() != 3) return absl::InternalError(absl::StrCat("bad restore choice '", value, "'"));
+    if (f[1] != fp) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "rank ", f[2], " registered another model (its restore choice is for model ", f[1],
+          ", this one is ", fp, "): every rank must register the same model"));
+    }
+    absl::StatusOr<std::optional<RestoredState>> r = Load(model, f[0]);
+    if (!r.ok()) {
+      return absl::Status(r.status().code(),
+                          absl::StrCat("restore of ", f[0], ", chosen for the whole cluster by rank ",
+                                       f[2], ": ", r.status().message(),
+                                       " (no rank falls back to another checkpoint: start every "
+                                       "server with --restore NAME, an older one, or none)"));
+    }
+    SHERD_LOG(Info, "restore: %s, chosen for the cluster by rank %s", f[0], f[2]);
+    return r;
+  };
+  absl::StatusOr<std::string> chosen = store->Get(kChoiceKey, absl::ZeroDuration());
+  if (chosen.ok()) return follow(*chosen);
+  if (!absl::IsDeadlineExceeded(chosen.status())) return chosen.status();
+  // Nobody chose yet: resolve --restore here (an error records nothing, so
+  // the next rank tries for itself), then race to record it.
+  ASSIGN_OR_RETURN(std::optional<RestoredState> mine, Load(model, options_.restore));
+  const std::string value = absl::StrCat(mine ? mine->name : "none", " ", fp, " ", rank_);
+  ASSIGN_OR_RETURN(std::string winner, store->SetIfAbsent(kChoiceKey, value));
+  if (winner == value) {
+    SHERD_LOG(Info, "restore: %s, chosen for the cluster", mine ? mine->name : "none");
+    return mine;
+  }
+  if (mine && absl::StartsWith(winner, mine->name + " " + fp + " ")) return mine;
+  return follow(winner);  // another rank chose first
 }
 
 absl::Status Checkpointer::Apply(const RestoredState& s, ModelState& model) {

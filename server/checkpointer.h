@@ -19,7 +19,12 @@
 // Restore: at Register, the newest checkpoint that verifies and matches the
 // model (or the one named) is loaded: the rank's slice of master and moments
 // from whichever shard files hold it (any old world size), and the full
-// params into P.
+// params into P. With more than one rank the choice is the cluster's, made
+// once (LoadAtRegister): the first rank to register resolves --restore,
+// verifying every checksum, and records its choice in rank 0's store under
+// "restore/choice"; every other rank loads exactly that checkpoint or fails
+// its Register. It never falls back to another one, so the ranks never
+// restore a mix of two checkpoints.
 //
 // Threads: Start and Restore are called under the server's step mutex;
 // status() from anywhere.
@@ -97,6 +102,15 @@ class Checkpointer {
   // layout into memory; nullopt when there is nothing to restore.
   absl::StatusOr<std::optional<RestoredState>> Load(const ModelState& model,
                                                     const std::string& which);
+  // At registration: Load(options().restore) with one rank; with more, the
+  // cluster's choice (header comment). `fingerprint` identifies the model
+  // (step/agreement.h's Fingerprint of DescribeModel): a choice recorded
+  // for another model is FAILED_PRECONDITION. Needs the store (WaitForStore).
+  absl::StatusOr<std::optional<RestoredState>> LoadAtRegister(const ModelState& model,
+                                                              uint64_t fingerprint);
+  // Multi-rank: waits until SetReportStore ran (the cluster formed); false
+  // on timeout.
+  bool WaitForStore(absl::Duration timeout);
   // Copies a loaded state into the model (master, moments, P). Fails only
   // when a device copy fails (the GPU is broken; the server then refuses
   // to step).

@@ -299,6 +299,16 @@ absl::StatusOr<v1::RegisterResponse> ShardServer::Register(
   ASSIGN_OR_RETURN(ModelSpec spec, SpecFromProto(req));
   ASSIGN_OR_RETURN(Layout layout,
                    Layout::Build(spec.tensors, options_.world_size));
+  // With more than one rank, what a new model restores is the cluster's
+  // choice, made through rank 0's store: wait for the cluster to form
+  // (outside the step lock, which AttachCollective takes).
+  if (checkpointer_ != nullptr && model() == nullptr &&
+      !checkpointer_->WaitForStore(options_.agreement_timeout)) {
+    return absl::UnavailableError(absl::StrCat(
+        "the cluster has not formed within ", absl::FormatDuration(options_.agreement_timeout),
+        "; with checkpoints on, Register waits for it, because all ranks restore one "
+        "checkpoint chosen for the whole cluster (sherdctl status shows which ranks joined)"));
+  }
   absl::MutexLock step_lock(&step_mu_);
   std::shared_ptr<ModelState> m = model();
   bool reattached = false;
@@ -339,7 +349,7 @@ absl::StatusOr<v1::RegisterResponse> ShardServer::Register(
     if (checkpointer_ != nullptr) {
       // A failed restore registers nothing: the state is never a mix.
       ASSIGN_OR_RETURN(std::optional<RestoredState> restored,
-                       checkpointer_->Load(*m, options_.checkpoint.restore));
+                       checkpointer_->LoadAtRegister(*m, Fingerprint(DescribeModel(m->spec()))));
       if (restored) RETURN_IF_ERROR(AdoptRestored(*restored, *m));
     }
     model_description_ = DescribeModel(m->spec());

@@ -287,6 +287,81 @@ TEST_F(CheckpointTest, AnotherModelsCheckpointIsPassedOverNotABlock) {
   EXPECT_TRUE(cluster->Stop());
 }
 
+// Flips one byte in the middle of the first shard file in `dir`; returns
+// the file (empty if there is none).
+fs::path CorruptShard(const fs::path& dir) {
+  fs::path shard;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.path().extension() == ".shard" && (shard.empty() || e.path() < shard)) shard = e.path();
+  }
+  if (shard.empty()) return shard;
+  std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(static_cast<std::streamoff>(fs::file_size(shard) / 2));
+  char c;
+  f.read(&c, 1);
+  f.seekp(-1, std::ios::cur);
+  c ^= 0x40;
+  f.write(&c, 1);
+  return shard;
+}
+
+// The whole cluster restores one checkpoint, chosen once (issue 13, defect
+// 7). Before, each rank chose at its own Register: when the newest
+// checkpoint turned corrupt between two Registers, rank 0 restored ckpt-4,
+// rank 1 fell back to ckpt-2, and the cluster trained a model stitched from
+// both. Now rank 1 loads rank 0's choice or fails; it never falls back.
+TEST_F(CheckpointTest, EveryRankRestoresTheCheckpointTheClusterChose) {
+  TrainWithPeriodicSaves(/*every=*/2, /*keep=*/5, /*steps=*/4);
+  ASSERT_FALSE(HasFatalFailure());
+  ASSERT_TRUE(fs::exists(dir_ / "ckpt-000000000004"));
+  auto cluster = ClusterProcess::Start(2, Flags("newest"));
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  auto c0 = Client::Connect(cluster->address(0));
+  ASSERT_TRUE(c0.ok());
+  auto r0 = (*c0)->Register(Model());
+  ASSERT_TRUE(r0.ok()) << r0.status();
+  EXPECT_EQ(r0->next_step, 5);  // rank 0 chose ckpt-4 for the cluster
+  ASSERT_FALSE(CorruptShard(dir_ / "ckpt-000000000004").empty());
+  auto c1 = Client::Connect(cluster->address(1));
+  ASSERT_TRUE(c1.ok());
+  auto r1 = (*c1)->Register(Model());
+  ASSERT_FALSE(r1.ok()) << "rank 1 restored step " << r1->next_step - 1
+                        << " while rank 0 restored step 4";
+  EXPECT_EQ(r1.status().code(), absl::StatusCode::kDataLoss) << r1.status();
+  EXPECT_NE(r1.status().message().find("ckpt-000000000004, chosen for the whole cluster by rank 0"),
+            std::string::npos)
+      << r1.status();
+  EXPECT_TRUE(cluster->Stop());
+  // A restart chooses again: ckpt-4 no longer verifies, so every rank
+  // restores ckpt-2, whichever registers first.
+  auto again = ClusterProcess::Start(2, Flags("newest"));
+  ASSERT_TRUE(again.ok()) << again.status();
+  Trainers t(*again, 2);
+  EXPECT_EQ(t.client(0).next_step(), 3);
+  EXPECT_EQ(t.client(1).next_step(), 3);
+  t.Steps(4);  // and the two ranks step together
+  EXPECT_TRUE(again->Stop());
+}
+
+// Ranks that register different models learn it at Register, when a
+// checkpoint choice is to be made, not at the first step.
+TEST_F(CheckpointTest, AnotherModelOnOneRankIsRefusedAtRegister) {
+  auto cluster = ClusterProcess::Start(2, Flags("newest"));
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  auto c0 = Client::Connect(cluster->address(0));
+  ASSERT_TRUE(c0.ok());
+  ASSERT_TRUE((*c0)->Register(Model()).ok());
+  ModelDef other = Model();
+  other.tensors[0].shape = {21, 50};
+  auto c1 = Client::Connect(cluster->address(1));
+  ASSERT_TRUE(c1.ok());
+  auto r1 = (*c1)->Register(other);
+  EXPECT_EQ(r1.status().code(), absl::StatusCode::kFailedPrecondition) << r1.status();
+  EXPECT_NE(r1.status().message().find("rank 0 registered another model"), std::string::npos)
+      << r1.status();
+  EXPECT_TRUE(cluster->Stop());
+}
+
 TEST_F(CheckpointTest, CorruptCheckpointIsRefusedNotLoaded) {
   {
     auto cluster = ClusterProcess::Start(1, Flags("newest"));
@@ -298,20 +373,8 @@ TEST_F(CheckpointTest, CorruptCheckpointIsRefusedNotLoaded) {
     EXPECT_EQ(*step, 2);
     EXPECT_TRUE(cluster->Stop());
   }
-  fs::path shard;
-  for (const auto& e : fs::directory_iterator(dir_ / "ckpt-000000000002")) {
-    if (e.path().extension() == ".shard") shard = e.path();
-  }
+  const fs::path shard = CorruptShard(dir_ / "ckpt-000000000002");
   ASSERT_FALSE(shard.empty());
-  {
-    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(static_cast<std::streamoff>(fs::file_size(shard) / 2));
-    char c;
-    f.read(&c, 1);
-    f.seekp(-1, std::ios::cur);
-    c ^= 0x40;
-    f.write(&c, 1);
-  }
   auto cluster = ClusterProcess::Start(1, Flags("newest"));
   ASSERT_TRUE(cluster.ok());
   auto c = Client::Connect(cluster->address(0));
