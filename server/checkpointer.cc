@@ -362,3 +362,30 @@ absl::Status Checkpointer::Apply(const RestoredState& s, ModelState& model) {
 }
 
 }  // namespace sherd
+
+namespace sherd {
+
+absl::Status Checkpointer::Exchange(RestoredState& s, ModelState& model) {
+  auto exchange = [&](float* live, std::vector<float>& kept) -> absl::Status {
+    const int64_t n = static_cast<int64_t>(kept.size());
+    if (!model.on_device()) {
+      std::swap_ranges(kept.begin(), kept.end(), live);
+      return absl::OkStatus();
+    }
+    constexpr int64_t kChunk = int64_t{1} << 20;
+    std::vector<float> staging(static_cast<size_t>(std::min(n, kChunk)));
+    for (int64_t off = 0; off < n; off += kChunk) {
+      const int64_t k = std::min(kChunk, n - off);
+      RETURN_IF_ERROR(model.Copy(staging.data(), live + off, k));
+      RETURN_IF_ERROR(model.Copy(live + off, kept.data() + off, k));
+      std::copy_n(staging.data(), k, kept.data() + off);
+    }
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(exchange(model.master(), s.master));
+  RETURN_IF_ERROR(exchange(model.exp_avg(), s.exp_avg));
+  RETURN_IF_ERROR(exchange(model.exp_avg_sq(), s.exp_avg_sq));
+  return exchange(model.params(), s.params);
+}
+
+}  // namespace sherd

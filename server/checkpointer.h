@@ -115,6 +115,12 @@ class Checkpointer {
   // when a device copy fails (the GPU is broken; the server then refuses
   // to step).
   static absl::Status Apply(const RestoredState& state, ModelState& model);
+  // Exchanges the loaded state with the model's (master, moments, P): after
+  // it, `state` holds what the model held, so a second Exchange undoes the
+  // first. No allocation beyond a 4 MiB staging buffer for device state.
+  // Fails only when a device copy fails (the state is then a mix, and the
+  // server refuses to step).
+  static absl::Status Exchange(RestoredState& state, ModelState& model);
 
  private:
   void Finish(const ModelSpec& spec, int64_t step, const std::string& save_id,

@@ -3,7 +3,10 @@
 #include <cstring>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "server/checkpoint/directory.h"
+#include "common/failpoint.h"
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "server/state/shm_names.h"
@@ -183,51 +186,119 @@ absl::StatusOr<v1::CheckpointRestoreResponse> ShardServer::RestoreCheckpoint(
     return absl::FailedPreconditionError(
         "checkpoints are off: start the server with --checkpoint-dir");
   }
+  const std::string& txn = req.txn();
+  if (txn.size() > 64 || !std::all_of(txn.begin(), txn.end(), [](char c) {
+        return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+      })) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "restore txn '", txn, "' must be up to 64 characters of letters, digits, '_' and '-'"));
+  }
+  const bool ours = restore_.has_value() && restore_->id == txn;
   v1::CheckpointRestoreResponse resp;
+  auto answer = [&]() {
+    if (restore_) {
+      resp.set_step(restore_->state.step);
+      resp.set_name(restore_->state.name);
+    }
+    absl::MutexLock l(&stats_mu_);
+    resp.set_next_step(next_step_);
+    return resp;
+  };
   switch (req.phase()) {
     case v1::CheckpointRestoreRequest::PREPARE: {
       if (checkpointer_->status().in_flight) {
         return absl::FailedPreconditionError("a checkpoint save is in flight");
       }
-      staged_restore_.reset();
+      if (restore_) {
+        SHERD_LOG(Warning, "restore %s: replaced by restore %s (%s)", restore_->id, txn,
+                  restore_->committed ? "committed, not finished" : "prepared");
+      }
+      restore_.reset();
       ASSIGN_OR_RETURN(std::optional<RestoredState> loaded,
                        checkpointer_->Load(*m, req.name().empty() ? "newest" : req.name()));
       if (!loaded) return absl::NotFoundError("no checkpoint to restore");
-      staged_restore_ = std::move(loaded);
-      break;
+      restore_ = RestoreTxn{.id = txn, .state = *std::move(loaded)};
+      return answer();
     }
     case v1::CheckpointRestoreRequest::COMMIT: {
-      if (!staged_restore_ ||
-          (req.name() != "newest" && !req.name().empty() && req.name() != staged_restore_->name)) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("nothing prepared to commit for '", req.name(), "'"));
+      if (!ours) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "nothing prepared to commit for restore '", txn, "'",
+            restore_ ? absl::StrCat(" (restore '", restore_->id, "' is prepared here)") : ""));
       }
-      if (absl::Status s = AdoptRestored(*staged_restore_, *m); !s.ok()) {
-        MarkUnhealthy(absl::StrCat("restore of ", staged_restore_->name, ": ", s.message()));
+      if (restore_->committed) return answer();  // a retry
+      RestoreTxn& t = *restore_;
+      if (absl::Status f = Failpoint("restore-commit", options_.rank); !f.ok()) return f;
+      {
+        absl::MutexLock l(&stats_mu_);
+        t.initialized = initialized_;
+        t.next_step = next_step_;
+        t.adam_step = adam_step_;
+        t.steps_applied = steps_applied_;
+        t.steps_skipped = steps_skipped_;
+        t.restored_from = restored_from_;
+        t.recent = recent_;
+      }
+      t.rewound_to = rewound_to_;
+      if (absl::Status s = Checkpointer::Exchange(t.state, *m); !s.ok()) {
+        MarkUnhealthy(absl::StrCat("restore of ", t.state.name, ": ", s.message()));
         return s;
       }
-      SHERD_LOG(Info, "restored %s: next step %d", staged_restore_->name,
-                staged_restore_->step + 1);
-      break;
+      t.committed = true;
+      AdoptCounters(t.state);
+      SHERD_LOG(Info, "restore %s: committed %s, next step %d", txn, t.state.name,
+                t.state.step + 1);
+      return answer();
     }
-    case v1::CheckpointRestoreRequest::ABORT:
-      staged_restore_.reset();
+    case v1::CheckpointRestoreRequest::ABORT: {
+      if (!ours) {  // another restore's, or none: nothing to undo
+        absl::MutexLock l(&stats_mu_);
+        resp.set_next_step(next_step_);
+        return resp;
+      }
+      if (restore_->committed) {
+        RestoreTxn& t = *restore_;
+        if (absl::Status s = Checkpointer::Exchange(t.state, *m); !s.ok()) {
+          MarkUnhealthy(absl::StrCat("rollback of restore ", txn, ": ", s.message()));
+          return s;
+        }
+        {
+          absl::MutexLock l(&stats_mu_);
+          initialized_ = t.initialized;
+          next_step_ = t.next_step;
+          adam_step_ = t.adam_step;
+          steps_applied_ = t.steps_applied;
+          steps_skipped_ = t.steps_skipped;
+          restored_from_ = t.restored_from;
+          recent_ = t.recent;
+        }
+        rewound_to_ = t.rewound_to;
+        resp.set_rolled_back(true);
+        SHERD_LOG(Warning, "restore %s: rolled back; next step %d again", txn, t.next_step);
+      }
+      answer();
+      restore_.reset();
+      return resp;
+    }
+    case v1::CheckpointRestoreRequest::FINISH:
+      if (!ours || !restore_->committed) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("restore '", txn, "' is not committed on this rank"));
+      }
+      answer();
+      restore_.reset();
       return resp;
     default:
       return absl::InvalidArgumentError("unknown restore phase");
   }
-  resp.set_step(staged_restore_->step);
-  resp.set_name(staged_restore_->name);
-  if (req.phase() == v1::CheckpointRestoreRequest::COMMIT) staged_restore_.reset();
-  return resp;
 }
 
-absl::Status ShardServer::AdoptRestored(const RestoredState& r, ModelState& m) {
-  RETURN_IF_ERROR(Checkpointer::Apply(r, m));
+void ShardServer::AdoptCounters(const RestoredState& r) {
   auto counter = [&](const std::string& key) -> int64_t {
     auto it = r.counters.find(key);
     return it == r.counters.end() ? 0 : it->second;
   };
+  rewound_to_ = r.step;
   absl::MutexLock l(&stats_mu_);
   initialized_ = true;
   next_step_ = r.step + 1;
@@ -236,7 +307,25 @@ absl::Status ShardServer::AdoptRestored(const RestoredState& r, ModelState& m) {
   steps_skipped_ = counter("steps_skipped");
   restored_from_ = r.name;
   recent_.clear();  // responses of steps that no longer happened
-  return absl::OkStatus();
+}
+
+void ShardServer::LeaveRestoreBehind(const ModelState& m) {
+  if (restore_ && restore_->committed) restore_.reset();  // finished by this step
+  if (rewound_to_ < 0) return;
+  const int64_t from = rewound_to_;
+  rewound_to_ = -1;
+  if (checkpointer_ == nullptr || options_.rank != 0) return;
+  absl::StatusOr<std::vector<std::string>> moved =
+      SetAsideNewerThan(checkpointer_->options().root, from, m.spec());
+  if (!moved.ok()) {
+    SHERD_LOG(Warning, "checkpoints newer than the restored step %d: %s", from,
+              moved.status().message());
+    return;
+  }
+  for (const std::string& name : *moved) {
+    SHERD_LOG(Warning, "training goes on from step %d: set aside %s (a checkpoint of the "
+              "timeline rewound away from)", from, name);
+  }
 }
 
 v1::CheckpointStatusResponse ShardServer::CheckpointStatus() const {
@@ -350,7 +439,10 @@ absl::StatusOr<v1::RegisterResponse> ShardServer::Register(
       // A failed restore registers nothing: the state is never a mix.
       ASSIGN_OR_RETURN(std::optional<RestoredState> restored,
                        checkpointer_->LoadAtRegister(*m, Fingerprint(DescribeModel(m->spec()))));
-      if (restored) RETURN_IF_ERROR(AdoptRestored(*restored, *m));
+      if (restored) {
+        RETURN_IF_ERROR(Checkpointer::Apply(*restored, *m));
+        AdoptCounters(*restored);
+      }
     }
     model_description_ = DescribeModel(m->spec());
     absl::MutexLock l(&model_mu_);
@@ -491,6 +583,7 @@ absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
     last_round_ = agreement_->round();
   }
   if (!args.ok()) return args.status();
+  LeaveRestoreBehind(*m);
   absl::StatusOr<StepOutcome> out = runner_->Run(*m, *collective_, *args);
   if (!out.ok()) {
     if (absl::IsUnavailable(out.status())) {

@@ -125,9 +125,12 @@ class ShardServer {
   // refuses it.
   absl::StatusOr<StepArgs> PrepareStep(const v1::StepRequest& req, const ModelState& m)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
-  // Copies a loaded checkpoint into `m` and takes over its step counters.
-  absl::Status AdoptRestored(const RestoredState& r, ModelState& m)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
+  // Takes over a restored checkpoint's step counters (its data is already
+  // in the model).
+  void AdoptCounters(const RestoredState& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
+  // A step goes ahead: a committed restore is finished, and after a rewind
+  // rank 0 sets aside the checkpoints of the timeline left behind.
+  void LeaveRestoreBehind(const ModelState& m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
 
   const ServerOptions options_;
   const absl::Time started_;
@@ -146,7 +149,23 @@ class ShardServer {
   int64_t last_round_ ABSL_GUARDED_BY(step_mu_) = 0;
   std::string model_description_ ABSL_GUARDED_BY(step_mu_);  // DescribeModel
   std::unique_ptr<Checkpointer> checkpointer_;  // null: checkpoints off
-  std::optional<RestoredState> staged_restore_ ABSL_GUARDED_BY(step_mu_);
+  // A live restore (v1::CheckpointRestoreRequest): before COMMIT, the
+  // checkpoint PREPARE staged; after it, the data and step bookkeeping the
+  // restore replaced, kept for an ABORT until FINISH or the next step.
+  struct RestoreTxn {
+    std::string id;
+    RestoredState state;
+    bool committed = false;
+    bool initialized = false;
+    int64_t next_step = 0, adam_step = 0, steps_applied = 0, steps_skipped = 0;
+    std::string restored_from;
+    std::deque<v1::StepResponse> recent;
+    int64_t rewound_to = -1;
+  };
+  std::optional<RestoreTxn> restore_ ABSL_GUARDED_BY(step_mu_);
+  // The step of the checkpoint last restored, until a step goes ahead from
+  // it; -1: none.
+  int64_t rewound_to_ ABSL_GUARDED_BY(step_mu_) = -1;
   std::string restored_from_ ABSL_GUARDED_BY(stats_mu_);
   const std::shared_ptr<StepRunner> runner_ ABSL_PT_GUARDED_BY(step_mu_);
 

@@ -137,33 +137,96 @@ int RunCheckpointStatus(const GlobalOptions& g) {
 int RunCheckpointRestore(const GlobalOptions& g, const CheckpointOptions& o) {
   auto cluster = Cluster::Discover(g);
   if (!cluster.ok()) return Fail(cluster.status());
+  // One transaction id through every phase on every rank
+  // (v1::CheckpointRestoreRequest).
+  absl::BitGen gen;
+  const std::string txn = absl::StrFormat("rst-%016x", absl::Uniform<uint64_t>(gen));
+  std::string name = o.name;
   auto call = [&](int rank, v1::CheckpointRestoreRequest::Phase phase,
                   v1::CheckpointRestoreResponse* r) {
     v1::CheckpointRestoreRequest req;
-    req.set_name(o.name);
+    req.set_name(name);
     req.set_phase(phase);
+    req.set_txn(txn);
     v1::Admin::Stub* stub = cluster->Admin(rank);
     if (stub == nullptr) return absl::UnavailableError(absl::StrCat("rank ", rank, " has not joined"));
     return cluster->Call(stub, cluster->ranks()[rank].address,
                          &v1::Admin::Stub::CheckpointRestore, req, r);
   };
-  // Phase 1 on every rank: read and verify into memory. Any failure aborts
-  // everywhere, so no rank ever applies a checkpoint the others did not.
+  auto abort_all = [&](std::vector<int>* rolled_back, std::vector<std::string>* failed) {
+    for (const RankEndpoint& a : cluster->ranks()) {
+      v1::CheckpointRestoreResponse r;
+      absl::Status s = call(a.rank, v1::CheckpointRestoreRequest::ABORT, &r);
+      if (!s.ok() && failed) failed->push_back(absl::StrCat("rank ", a.rank, ": ", s.message()));
+      if (s.ok() && r.rolled_back() && rolled_back) rolled_back->push_back(a.rank);
+    }
+  };
+  // Phase 1, PREPARE: read and verify into memory. Rank 0 resolves the name
+  // ("newest"); every other rank prepares exactly that checkpoint. Any
+  // failure aborts everywhere, so no rank applies what the others did not.
   v1::CheckpointRestoreResponse r;
   for (const RankEndpoint& e : cluster->ranks()) {
+    if (isatty(fileno(stderr))) {  // reading a checkpoint takes a while
+      std::fprintf(stderr, "\rpreparing %s on rank %d of %d", name.empty() ? "newest" : name.c_str(),
+                   e.rank, cluster->world_size());
+    }
     absl::Status s = call(e.rank, v1::CheckpointRestoreRequest::PREPARE, &r);
     if (!s.ok()) {
-      for (const RankEndpoint& a : cluster->ranks()) {
-        v1::CheckpointRestoreResponse ignored;
-        (void)call(a.rank, v1::CheckpointRestoreRequest::ABORT, &ignored);
-      }
+      if (isatty(fileno(stderr))) std::fprintf(stderr, "\n");
+      abort_all(nullptr, nullptr);
       return Fail(absl::Status(s.code(), absl::StrCat("rank ", e.rank, ": ", s.message(),
                                                       " (nothing was restored)")));
     }
+    name = r.name();
   }
+  if (isatty(fileno(stderr))) std::fprintf(stderr, "\n");
+  // Phase 2, COMMIT: each rank exchanges the staged state with its live
+  // one. A transient failure is retried (the commit is completed); any
+  // other failure rolls back every rank that committed.
   for (const RankEndpoint& e : cluster->ranks()) {
-    absl::Status s = call(e.rank, v1::CheckpointRestoreRequest::COMMIT, &r);
-    if (!s.ok()) return Fail(absl::Status(s.code(), absl::StrCat("rank ", e.rank, ": ", s.message())));
+    absl::Status s;
+    int tries = 0;
+    for (absl::Duration backoff = absl::Milliseconds(200);; backoff *= 2) {
+      s = call(e.rank, v1::CheckpointRestoreRequest::COMMIT, &r);
+      ++tries;
+      const bool transient = absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s);
+      if (s.ok() || !transient || tries == 4) break;
+      std::fprintf(stderr, "rank %d: commit failed (%s), retrying\n", e.rank,
+                   std::string(s.message()).c_str());
+      absl::SleepFor(backoff);
+    }
+    if (s.ok()) {
+      if (tries > 1) {
+        std::printf("rank %d: commit completed after %d tries\n", e.rank, tries);
+      }
+      continue;
+    }
+    std::vector<int> rolled_back;
+    std::vector<std::string> failed;
+    abort_all(&rolled_back, &failed);
+    const std::string why = absl::StrCat("rank ", e.rank, ": commit of ", name,
+                                         " failed: ", s.message());
+    if (failed.empty()) {
+      return Fail(absl::Status(s.code(), absl::StrCat(
+          why, "; rolled back ", rolled_back.size(), " rank(s) that had committed (",
+          rolled_back.empty() ? "none" : absl::StrJoin(rolled_back, ", "),
+          "): every rank is where it was before, nothing was restored")));
+    }
+    return Fail(absl::Status(s.code(), absl::StrCat(
+        why, "; the rollback failed too (", absl::StrJoin(failed, "; "),
+        "), so the ranks may be at different steps; every step is refused until they "
+        "agree: run sherdctl checkpoint restore again")));
+  }
+  // Phase 3, FINISH: every rank committed; each drops the state it kept for
+  // a rollback (a step finishes it too, so a failure here costs memory only
+  // until then).
+  for (const RankEndpoint& e : cluster->ranks()) {
+    v1::CheckpointRestoreResponse ignored;
+    absl::Status s = call(e.rank, v1::CheckpointRestoreRequest::FINISH, &ignored);
+    if (!s.ok()) {
+      std::fprintf(stderr, "sherdctl: warning: rank %d: %s\n", e.rank,
+                   std::string(s.message()).c_str());
+    }
   }
   std::printf("restored %s (step %lld) on %d rank(s); trainers re-register to continue at step %lld\n",
               r.name().c_str(), static_cast<long long>(r.step()), cluster->world_size(),

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "server/checkpoint/io.h"
@@ -112,6 +113,26 @@ absl::StatusOr<std::vector<std::string>> ApplyRetention(const std::string& root,
     removed.push_back(c.name);
   }
   return removed;
+}
+
+absl::StatusOr<std::vector<std::string>> SetAsideNewerThan(const std::string& root,
+                                                            int64_t step,
+                                                            const ModelSpec& spec) {
+  ASSIGN_OR_RETURN(auto dirs, CheckpointDirs(root));
+  std::vector<std::string> moved;
+  const std::string tag = absl::StrCat(kRewoundPrefix, absl::ToUnixSeconds(absl::Now()), "-");
+  for (const auto& [s, name] : dirs) {
+    if (s <= step) break;  // newest first
+    const std::string path = internal::JoinPath(root, name);
+    if (!HasManifest(path)) continue;
+    auto reader = CheckpointReader::Open(path);
+    if (!reader.ok() || !reader->CheckModel(spec).ok()) continue;
+    const std::string to = tag + name;
+    RETURN_IF_ERROR(internal::Rename(path, internal::JoinPath(root, to)));
+    moved.push_back(to);
+  }
+  if (!moved.empty()) RETURN_IF_ERROR(internal::FsyncDir(root));
+  return moved;
 }
 
 absl::StatusOr<LoadableCheckpoint> FindNewestLoadable(

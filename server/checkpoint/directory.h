@@ -57,6 +57,19 @@ absl::StatusOr<std::vector<std::string>> CleanLeftovers(
 absl::StatusOr<std::vector<std::string>> ApplyRetention(
     const std::string& root, int keep);
 
+// After a rewind: once training goes on from the checkpoint of step `step`,
+// the checkpoints of `spec` newer than it belong to the timeline that was
+// rewound away from. Each is renamed out of the ckpt-* namespace to
+// rewound-<unix seconds>-ckpt-<step>, so neither a restart (--restore
+// newest) nor a save of the same step on the new timeline finds it; its
+// files stay for the operator to inspect or delete. Other models'
+// checkpoints and unreadable ones stay where they are. Returns the new
+// names.
+absl::StatusOr<std::vector<std::string>> SetAsideNewerThan(const std::string& root,
+                                                            int64_t step,
+                                                            const ModelSpec& spec);
+inline constexpr char kRewoundPrefix[] = "rewound-";
+
 struct FindOptions {
   // Check every checksum before choosing (one full read). Without it only
   // the cheap check runs, and the loading ranks' own chunk checks are the

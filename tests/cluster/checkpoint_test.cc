@@ -52,14 +52,14 @@ class Trainers {
       }
     });
   }
-  void Steps(int until) {
+  void Steps(int until, float lr = 0.01f) {
     ForEach([&](int, std::unique_ptr<Client>& c) {
       while (c->next_step() <= until) {
         const int s = static_cast<int>(c->next_step());
         size_t k = 0;
         for (const auto& t : Model().tensors)
           for (float& g : c->Grad(t.name)) g = Grad(s, k++);
-        auto r = c->Step({.lr = 0.01f});
+        auto r = c->Step({.lr = lr});
         ASSERT_TRUE(r.ok()) << r.status();
       }
     });
@@ -178,6 +178,122 @@ TEST_F(CheckpointTest, RuntimeRestoreRewindsEveryRankAndTrainingReplaysIdentical
   EXPECT_EQ(again.client(0).next_step(), 5);
   again.Steps(8);
   EXPECT_EQ(again.Params(), at8);  // replaying steps 5..8 gives the same params
+  EXPECT_TRUE(cluster->Stop());
+}
+
+// A restore is one transaction (issue 13, defect 4): a COMMIT that fails on
+// one rank after another rank committed is rolled back there, so no rank is
+// left at another step. Before, ABORT after COMMIT changed nothing and rank
+// 0 stayed rewound while rank 1 was not.
+TEST_F(CheckpointTest, APartialRestoreCommitIsRolledBack) {
+  auto cluster = ClusterProcess::Start(2, Flags("none"));
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Trainers t(*cluster, 2);
+  t.Steps(4);
+  ASSERT_EQ(RunProgram({SHERDCTL_BIN, "--server", cluster->address(0), "checkpoint", "save"}).code, 0);
+  t.Steps(8);
+  const std::vector<float> at8 = t.Params();
+  auto restore = [&](int rank, v1::CheckpointRestoreRequest::Phase phase,
+                     const std::string& txn) {
+    auto admin = v1::Admin::NewStub(
+        grpc::CreateChannel(cluster->address(rank), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    v1::CheckpointRestoreRequest req;
+    req.set_phase(phase);
+    req.set_name("ckpt-000000000004");
+    req.set_txn(txn);
+    v1::CheckpointRestoreResponse resp;
+    grpc::Status s = admin->CheckpointRestore(&ctx, req, &resp);
+    return std::make_pair(s, resp);
+  };
+  using P = v1::CheckpointRestoreRequest;
+  ASSERT_TRUE(restore(0, P::PREPARE, "x1").first.ok());
+  ASSERT_TRUE(restore(1, P::PREPARE, "x1").first.ok());
+  auto committed = restore(0, P::COMMIT, "x1");
+  ASSERT_TRUE(committed.first.ok());
+  EXPECT_EQ(committed.second.next_step(), 5);
+  EXPECT_NE(t.Params(), at8);  // rank 0 rewound P on its trainer's buffers
+  // Rank 1 loses what it prepared (another restore replaced it): its COMMIT
+  // of x1 fails, and x1 is aborted everywhere.
+  ASSERT_TRUE(restore(1, P::PREPARE, "x2").first.ok());
+  EXPECT_EQ(restore(1, P::COMMIT, "x1").first.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_FALSE(restore(1, P::ABORT, "x1").second.rolled_back());  // x2's, untouched
+  auto aborted = restore(0, P::ABORT, "x1");
+  ASSERT_TRUE(aborted.first.ok());
+  EXPECT_TRUE(aborted.second.rolled_back());
+  EXPECT_EQ(aborted.second.next_step(), 9);
+  EXPECT_TRUE(restore(1, P::ABORT, "x2").first.ok());
+  EXPECT_EQ(t.Params(), at8);  // P as it was before the restore
+  t.Steps(10);  // and both ranks step on from step 9
+  EXPECT_TRUE(cluster->Stop());
+}
+
+// sherdctl rolls a partial commit back and says so: here rank 1's COMMIT
+// fails (a test failpoint), after rank 0's succeeded.
+TEST_F(CheckpointTest, SherdctlReportsARolledBackRestore) {
+  setenv("SHERD_FAILPOINTS", "restore-commit@1", 1);
+  auto cluster = ClusterProcess::Start(2, Flags("none"));
+  unsetenv("SHERD_FAILPOINTS");
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Trainers t(*cluster, 2);
+  t.Steps(2);
+  ASSERT_EQ(RunProgram({SHERDCTL_BIN, "--server", cluster->address(0), "checkpoint", "save"}).code, 0);
+  t.Steps(3);
+  const std::vector<float> at3 = t.Params();
+  auto r = RunProgram({"/bin/sh", "-c",
+                       std::string(SHERDCTL_BIN) + " --server " + cluster->address(0) +
+                           " checkpoint restore newest 2>&1"});
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("rank 1: commit of ckpt-000000000002 failed: failpoint"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("rolled back 1 rank(s) that had committed (0)"), std::string::npos) << r.out;
+  EXPECT_EQ(t.Params(), at3);  // rank 0's rewind of P undone
+  t.Steps(5);  // every rank still at step 4: nothing was restored
+  EXPECT_TRUE(cluster->Stop());
+}
+
+// After a rewind, training goes on a new timeline (issue 13, defect 7):
+// the old timeline's newer checkpoints are set aside, so the every-K save
+// of a replayed step commits, and a restart resumes the new timeline.
+// Before, the save of step 4 failed ("already exists") and a restart
+// resumed the old step 4.
+TEST_F(CheckpointTest, AfterARewindTheOldTimelineIsSetAside) {
+  std::vector<float> new4;
+  {
+    auto cluster = ClusterProcess::Start(
+        2, {"--checkpoint-dir", dir_.string(), "--checkpoint-every", "2", "--restore", "none"});
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    {
+      Trainers t(*cluster, 2);
+      t.Steps(4);
+    }
+    auto wait_idle = [&] {  // the every-K save of step 4 commits in the background
+      for (int i = 0; i < 100 && !fs::exists(dir_ / "ckpt-000000000004" / "MANIFEST"); ++i)
+        absl::SleepFor(absl::Milliseconds(50));
+    };
+    wait_idle();
+    ASSERT_TRUE(fs::exists(dir_ / "ckpt-000000000004" / "MANIFEST"));
+    auto r = RunProgram({SHERDCTL_BIN, "--server", cluster->address(0), "checkpoint", "restore",
+                         "ckpt-000000000002"});
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_TRUE(fs::exists(dir_ / "ckpt-000000000004")) << "nothing is set aside before a step";
+    Trainers t(*cluster, 2);
+    ASSERT_EQ(t.client(0).next_step(), 3);
+    t.Steps(4, /*lr=*/0.05f);  // another timeline
+    new4 = t.Params();
+    EXPECT_TRUE(cluster->Stop());  // waits for the save of step 4
+  }
+  int rewound = 0;
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind("rewound-", 0) == 0 && n.find("-ckpt-000000000004") != std::string::npos) ++rewound;
+  }
+  EXPECT_EQ(rewound, 1);
+  auto cluster = ClusterProcess::Start(2, Flags("newest"));
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  Trainers t(*cluster, 2);
+  EXPECT_EQ(t.client(1).next_step(), 5);
+  EXPECT_EQ(t.Params(), new4) << "a restart resumed the timeline that was rewound away from";
   EXPECT_TRUE(cluster->Stop());
 }
 
