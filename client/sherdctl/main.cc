@@ -41,7 +41,7 @@ int main(int argc, char** argv) {
   c_save->add_flag("!--no-wait", co.wait, "Return once every rank has started, without waiting for the commit");
   auto* c_status = ckpt->add_subcommand("status", "Each rank's checkpoint state (through the servers)");
   auto* c_restore = ckpt->add_subcommand(
-      "restore", "Restore a running cluster to a checkpoint (all ranks or none)");
+      "restore", "Restore a running cluster to a checkpoint: one transaction, all ranks or none (a rank that fails to commit rolls the others back)");
   c_restore->add_option("NAME", co.name, "Checkpoint name (ckpt-...) or newest")->required();
   auto* c_list = ckpt->add_subcommand("list", "Committed checkpoints in a directory (no server needed)");
   auto* c_verify = ckpt->add_subcommand("verify", "Check every checksum of a checkpoint without loading it");

@@ -139,6 +139,38 @@ TEST_F(DirectoryTest, AnotherModelsCheckpointsArePassedOver) {
             absl::StatusCode::kNotFound);
 }
 
+// After a rewind to step 2: this model's newer checkpoints leave the ckpt-*
+// namespace (renamed, not deleted); older ones, the restored one and
+// another model's newer one stay.
+TEST_F(DirectoryTest, SetAsideNewerThanMovesOnlyThisModelsNewerCheckpoints) {
+  for (int64_t s : {1, 2, 3, 4}) SaveStep(s);
+  ModelSpec other = testing::RandomModel(7);
+  other.name = "another";
+  Layout layout = *Layout::Build(other.tensors, 2);
+  testing::Save(root_.path(), other, 2, 5, testing::RandomState(layout, 5));
+  auto moved = SetAsideNewerThan(root_.path(), 2, spec_);
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  ASSERT_EQ(moved->size(), 2u);
+  EXPECT_EQ((*moved)[0].rfind(kRewoundPrefix, 0), 0u);
+  EXPECT_NE((*moved)[0].find("-ckpt-000000000004"), std::string::npos);
+  EXPECT_NE((*moved)[1].find("-ckpt-000000000003"), std::string::npos);
+  const std::vector<std::string> entries = Entries(root_.path());
+  for (const std::string& m : *moved) {
+    EXPECT_NE(std::find(entries.begin(), entries.end(), m), entries.end()) << m;
+  }
+  auto list = ListCheckpoints(root_.path());
+  ASSERT_TRUE(list.ok());
+  std::vector<int64_t> steps;
+  for (const CheckpointInfo& c : *list) steps.push_back(c.step);
+  EXPECT_EQ(steps, (std::vector<int64_t>{5, 2, 1}));
+  // The step can be saved again on the new timeline.
+  EXPECT_FALSE(SaveStep(4).empty());
+  // Nothing newer: nothing moves.
+  auto again = SetAsideNewerThan(root_.path(), 4, spec_);
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->empty());
+}
+
 TEST_F(DirectoryTest, SavingAStepTwiceIsAlreadyExistsAndLeavesNoTemp) {
   std::string first = SaveStep(7);
   Layout layout = *Layout::Build(spec_.tensors, 2);
