@@ -195,9 +195,23 @@ absl::Status Checkpointer::Commit(const ModelSpec& spec, int64_t step,
     absl::MutexLock l(&mu_);
     store = store_;
   }
+  const absl::Time report_deadline = absl::Now() + options_.report_timeout;
   for (int r = 1; r < world_size_; ++r) {
-    absl::StatusOr<std::string> report =
-        store->Get(ReportKey(save_id, r), options_.report_timeout);
+    // Waited for in slices: when the cluster is rebuilt (a rank replaced:
+    // SetReportStore with the new epoch's store), the reports of this save
+    // will never come, and the wait ends at once.
+    absl::StatusOr<std::string> report;
+    for (;;) {
+      const absl::Duration left = report_deadline - absl::Now();
+      report = store->Get(ReportKey(save_id, r),
+                          std::clamp(left, absl::ZeroDuration(), absl::Seconds(1)));
+      if (!absl::IsDeadlineExceeded(report.status()) || left <= absl::Seconds(1)) break;
+      absl::MutexLock l(&mu_);
+      if (store_ != store) {
+        report = absl::AbortedError("the cluster was rebuilt (a rank was replaced) during this save");
+        break;
+      }
+    }
     absl::Status s = report.status();
     if (s.ok() && absl::StartsWith(*report, kErrorPrefix)) {
       s = absl::UnavailableError(absl::StrCat("rank ", r, ": ", report->substr(4)));
@@ -305,13 +319,13 @@ bool Checkpointer::WaitForStore(absl::Duration timeout) {
 }
 
 absl::StatusOr<std::optional<RestoredState>> Checkpointer::LoadAtRegister(
-    const ModelState& model, uint64_t fingerprint) {
+    const ModelState& model, uint64_t fingerprint, const std::string& which) {
   std::shared_ptr<KvStore> store;
   {
     absl::MutexLock l(&mu_);
     store = store_;
   }
-  if (world_size_ == 1) return Load(model, options_.restore);
+  if (world_size_ == 1) return Load(model, which);
   if (store == nullptr) return absl::UnavailableError("the cluster has not formed yet");
   constexpr char kChoiceKey[] = "restore/choice";
   const std::string fp = absl::StrCat(absl::Hex(fingerprint, absl::kZeroPad16));
@@ -340,7 +354,7 @@ absl::StatusOr<std::optional<RestoredState>> Checkpointer::LoadAtRegister(
   if (!absl::IsDeadlineExceeded(chosen.status())) return chosen.status();
   // Nobody chose yet: resolve --restore here (an error records nothing, so
   // the next rank tries for itself), then race to record it.
-  ASSIGN_OR_RETURN(std::optional<RestoredState> mine, Load(model, options_.restore));
+  ASSIGN_OR_RETURN(std::optional<RestoredState> mine, Load(model, which));
   const std::string value = absl::StrCat(mine ? mine->name : "none", " ", fp, " ", rank_);
   ASSIGN_OR_RETURN(std::string winner, store->SetIfAbsent(kChoiceKey, value));
   if (winner == value) {

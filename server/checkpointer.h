@@ -102,12 +102,15 @@ class Checkpointer {
   // layout into memory; nullopt when there is nothing to restore.
   absl::StatusOr<std::optional<RestoredState>> Load(const ModelState& model,
                                                     const std::string& which);
-  // At registration: Load(options().restore) with one rank; with more, the
-  // cluster's choice (header comment). `fingerprint` identifies the model
+  // At registration: Load(which) with one rank; with more, the cluster's
+  // choice (header comment; the store's keys are those of the membership
+  // epoch, so a rebuilt cluster chooses again). `fingerprint` identifies the model
   // (step/agreement.h's Fingerprint of DescribeModel): a choice recorded
   // for another model is FAILED_PRECONDITION. Needs the store (WaitForStore).
+  // `which` is what this rank would choose ("newest", "none" or a name).
   absl::StatusOr<std::optional<RestoredState>> LoadAtRegister(const ModelState& model,
-                                                              uint64_t fingerprint);
+                                                              uint64_t fingerprint,
+                                                              const std::string& which);
   // Multi-rank: waits until SetReportStore ran (the cluster formed); false
   // on timeout.
   bool WaitForStore(absl::Duration timeout);

@@ -1,6 +1,10 @@
 #include "server/cluster_formation.h"
 
+#include "absl/random/random.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/log.h"
@@ -29,6 +33,35 @@ std::string HostOf(const std::string& address) {
   return host;
 }
 
+// The collective backends of membership epoch `epoch`: every rank builds
+// them at once, through keys of that epoch in rank 0's store.
+absl::StatusOr<std::unique_ptr<Collective>> ConnectCollectives(
+    const ServerConfig& config, const std::string& address, KvStore& store,
+    std::shared_ptr<KvStore> shared_store, int64_t epoch) {
+  const std::string suffix = epoch > 0 ? absl::StrCat("/e", epoch) : "";
+  GlooOptions gloo;
+  gloo.hostname = HostOf(address);
+  gloo.timeout = absl::Seconds(config.collective_timeout_s);
+  gloo.prefix = absl::StrCat("gloo/", config.cluster_id, suffix);
+  if (config.device == "cuda") {
+    // Device state: NCCL on this rank's GPU (ResolveDevice chose it).
+    NcclOptions nccl;
+    nccl.timeout = gloo.timeout;
+    nccl.device = config.cuda_device;
+    nccl.prefix = absl::StrCat("nccl/", config.cluster_id, suffix);
+    return CreateNcclCollective(store, config.rank, config.world_size, nccl);
+  }
+  absl::StatusOr<std::unique_ptr<Collective>> collective =
+      CreateGlooCollective(store, config.rank, config.world_size, gloo);
+  if (collective.ok() && config.shm_collectives) {
+    // Ranks on this host reduce and gather through shared memory; the
+    // rest (and every barrier) stays on Gloo.
+    collective = CreateLocalShmCollective(std::move(*collective), std::move(shared_store),
+                                          {.prefix = absl::StrCat("shm/", config.cluster_id, suffix)});
+  }
+  return collective;
+}
+
 }  // namespace
 
 ClusterFormation::ClusterFormation(const ServerConfig& config,
@@ -48,52 +81,107 @@ ClusterFormation::~ClusterFormation() { Stop(); }
 void ClusterFormation::Start() {
   thread_ = std::thread([config = config_, address = my_address_,
                          table = table_, state = state_] {
-    auto finish = [&](absl::StatusOr<std::unique_ptr<Collective>> result,
-                      std::shared_ptr<KvStore> store = nullptr) {
-      absl::MutexLock l(&state->mu);
-      state->done = true;
-      if (state->shard == nullptr) return;  // shutting down
-      if (result.ok()) {
-        state->shard->AttachCollective(std::move(*result), std::move(store));
-        SHERD_LOG(Info, "cluster formed: rank %d of %d", config.rank, config.world_size);
-      } else {
-        state->shard->MarkUnhealthy(
-            absl::StrCat("cluster formation failed: ", result.status().message()));
+    struct Done {  // however the thread ends, Stop may join it
+      State* s;
+      ~Done() {
+        absl::MutexLock l(&s->mu);
+        s->done = true;
       }
+    } done{state.get()};
+    auto stopping = [&] {
+      absl::MutexLock l(&state->mu);
+      return state->shard == nullptr;
     };
+    absl::BitGen gen;
+    JoinOptions join{.cluster_id = config.cluster_id,
+                     .incarnation = absl::StrFormat("%016x", absl::Uniform<uint64_t>(gen))};
     const std::string coordinator = config.rank == 0 ? address : config.coordinator;
     absl::StatusOr<PeerList> peers =
-        FormCluster(*table, coordinator, address,
-                    absl::Seconds(config.join_timeout_s), {.cluster_id = config.cluster_id});
-    if (!peers.ok()) return finish(peers.status());
-    SHERD_LOG(Info, "all %d ranks joined; connecting collectives", config.world_size);
-    GlooOptions gloo;
-    gloo.hostname = HostOf(address);
-    gloo.timeout = absl::Seconds(config.collective_timeout_s);
-    gloo.prefix = absl::StrCat("gloo/", config.cluster_id);
+        FormCluster(*table, coordinator, address, absl::Seconds(config.join_timeout_s), join);
+    if (!peers.ok()) {
+      absl::MutexLock l(&state->mu);
+      if (state->shard != nullptr) {
+        state->shard->MarkUnhealthy(
+            absl::StrCat("cluster formation failed: ", peers.status().message()));
+      }
+      return;
+    }
+    int64_t epoch = table->GetSnapshot().epoch;
+    SHERD_LOG(Info, "all %d ranks joined (membership epoch %d); connecting collectives",
+              config.world_size, epoch);
     // Rank 0's store also collects checkpoint reports (shared ownership: it
     // outlives this thread inside the shard server).
     std::shared_ptr<KvStore> store =
         table->is_coordinator() ? std::shared_ptr<KvStore>(table)
                                 : std::make_shared<RemoteKvStore>(coordinator);
-    if (config.device == "cuda") {
-      // Device state: NCCL on this rank's GPU (ResolveDevice chose it).
-      NcclOptions nccl;
-      nccl.timeout = gloo.timeout;
-      nccl.device = config.cuda_device;
-      nccl.prefix = absl::StrCat("nccl/", config.cluster_id);
-      return finish(CreateNcclCollective(*store, config.rank, config.world_size, nccl),
-                    store);
+    {
+      absl::StatusOr<std::unique_ptr<Collective>> collective =
+          ConnectCollectives(config, address, *store, store, epoch);
+      absl::MutexLock l(&state->mu);
+      if (state->shard == nullptr) return;  // shutting down
+      if (!collective.ok()) {
+        state->shard->MarkUnhealthy(
+            absl::StrCat("cluster formation failed: ", collective.status().message()));
+        return;
+      }
+      state->shard->AttachCollective(std::move(*collective), store, epoch);
+      SHERD_LOG(Info, "cluster formed: rank %d of %d", config.rank, config.world_size);
     }
-    absl::StatusOr<std::unique_ptr<Collective>> collective =
-        CreateGlooCollective(*store, config.rank, config.world_size, gloo);
-    if (collective.ok() && config.shm_collectives) {
-      // Ranks on this host reduce and gather through shared memory; the
-      // rest (and every barrier) stays on Gloo.
-      collective = CreateLocalShmCollective(std::move(*collective), store,
-                                            {.prefix = absl::StrCat("shm/", config.cluster_id)});
+    // Then watch for replaced ranks: each raises the membership epoch, and
+    // every rank rebuilds its collectives for it and rewinds.
+    // The watch's own view of the store gives up at once when rank 0 does
+    // not answer (it is shutting down, or lost), so that Stop never waits
+    // more than one poll.
+    std::shared_ptr<KvStore> watch =
+        table->is_coordinator()
+            ? store
+            : std::make_shared<RemoteKvStore>(
+                  coordinator, RemoteKvOptions{.unavailable_retry = absl::ZeroDuration()});
+    bool warned = false;
+    while (!stopping()) {
+      absl::StatusOr<std::string> replaced = watch->Get(EpochKey(epoch + 1), absl::Seconds(1));
+      if (absl::IsDeadlineExceeded(replaced.status())) continue;
+      if (!replaced.ok()) {
+        if (!warned && !stopping()) {
+          SHERD_LOG(Warning, "cannot watch for replaced ranks: %s (rank 0 lost? the cluster "
+                    "then needs a restart)", replaced.status().message());
+        }
+        warned = true;
+        absl::SleepFor(absl::Seconds(1));
+        continue;
+      }
+      warned = false;
+      // Two replacements in a row: rebuild once, for the newest epoch.
+      while (watch->Get(EpochKey(epoch + 2), absl::ZeroDuration()).ok()) {
+        ++epoch;
+        replaced = watch->Get(EpochKey(epoch + 1), absl::ZeroDuration());
+      }
+      ++epoch;
+      if (!replaced.ok()) continue;
+      if (!table->is_coordinator()) {
+        // "<rank> <address>": the replacement's address, in this rank's table.
+        std::vector<std::string> f = absl::StrSplit(*replaced, ' ');
+        PeerList now = table->GetSnapshot().peers;
+        int r = 0;
+        if (f.size() == 2 && absl::SimpleAtoi(f[0], &r) && r >= 0 &&
+            r < static_cast<int>(now.size())) {
+          now[r].address = f[1];
+        }
+        (void)table->Adopt(now, epoch);
+      }
+      SHERD_LOG(Warning, "rank %s replaced: rebuilding the collectives (membership epoch %d)",
+                *replaced, epoch);
+      absl::StatusOr<std::unique_ptr<Collective>> collective =
+          ConnectCollectives(config, address, *store, store, epoch);
+      absl::MutexLock l(&state->mu);
+      if (state->shard == nullptr) return;
+      if (!collective.ok()) {
+        state->shard->MarkUnhealthy(absl::StrCat("rebuilding the collectives for epoch ", epoch,
+                                                 ": ", collective.status().message()));
+        continue;
+      }
+      (void)state->shard->Rejoin(std::move(*collective), store, epoch);
     }
-    finish(std::move(collective), store);
   });
 }
 

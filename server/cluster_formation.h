@@ -4,8 +4,17 @@
 // answers Register and the admin calls, and Step answers UNAVAILABLE (which
 // the client retries). A formation that fails marks the server unhealthy.
 //
+// Then it watches rank 0's store for replaced ranks (PeerTable: a restarted
+// server's join raises the membership epoch and sets "cluster/epoch/<n>").
+// Every rank then rebuilds its collectives for epoch n, through keys of that
+// epoch, and hands them to ShardServer::Rejoin, which rewinds to the newest
+// complete checkpoint; the restarted rank itself forms at epoch n directly.
+// The watch is a 1 s long poll on the store. Rank 0 cannot be replaced: its
+// store is the cluster's, so losing it needs a restart of every server.
+//
 // Threads: Start() spawns one thread; Stop() may be called from any thread,
-// once. If formation is still blocked at Stop(), the thread is abandoned
+// once. If formation (or a rebuild) is still blocked at Stop(), the thread
+// is abandoned
 // (it holds only shared state and never touches the shard server again) and
 // dies with the process.
 #pragma once

@@ -19,6 +19,7 @@
 #include "server/collective/single_rank.h"
 #include "server/gpu/gpu_backend.h"
 #include "server/rendezvous/coordinator.h"
+#include "server/rendezvous/peer_client.h"
 #include "server/service/admin_service.h"
 #include "server/service/trainer_service.h"
 #include "server/shard_server.h"
@@ -123,6 +124,17 @@ absl::Status RunServer(const ServerConfig& given) {
   auto table = std::make_shared<PeerTable>(config.rank, config.world_size,
                                            config.cluster_id);
   PeerService peer(*table, inflight);
+  if (config.rank == 0) {
+    // A join for a rank of the complete cluster from another server
+    // replaces that rank only if its old address no longer answers as it.
+    table->SetLivenessProbe([](const std::string& old_address, int rank) {
+      std::unique_ptr<v1::Peer::StubInterface> stub = NewPeerStub(old_address);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+      v1::GetPeersResponse resp;
+      return stub->GetPeers(&ctx, v1::GetPeersRequest(), &resp).ok() && resp.rank() == rank;
+    });
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

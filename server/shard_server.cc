@@ -168,7 +168,7 @@ absl::StatusOr<v1::CheckpointResponse> ShardServer::Checkpoint(const std::string
     step = next_step_ - 1;
   }
   RETURN_IF_ERROR(StartCheckpointLocked(
-      *m, step, save_id.empty() ? absl::StrCat("t", step, "-", last_round_) : save_id));
+      *m, step, save_id.empty() ? absl::StrCat("t", step, "-", SaveIdSuffix()) : save_id));
   v1::CheckpointResponse r;
   r.set_step(step);
   return r;
@@ -351,14 +351,80 @@ v1::CheckpointStatusResponse ShardServer::CheckpointStatus() const {
 ShardServer::~ShardServer() = default;
 
 void ShardServer::AttachCollective(std::unique_ptr<Collective> collective,
-                                   std::shared_ptr<KvStore> store) {
+                                   std::shared_ptr<KvStore> store, int64_t epoch) {
   absl::MutexLock l(&step_mu_);
+  InstallLocked(std::move(collective), std::move(store), epoch);
+}
+
+void ShardServer::InstallLocked(std::unique_ptr<Collective> collective,
+                                std::shared_ptr<KvStore> store, int64_t epoch) {
   collective_ = std::move(collective);
+  epoch_ = epoch;
+  last_round_ = 0;
+  if (store && epoch > 0) {
+    store = std::make_shared<PrefixedKvStore>(std::move(store), absl::StrCat("e", epoch, "/"));
+  }
   if (store && options_.world_size > 1) {
     agreement_ = std::make_unique<StepAgreement>(store, options_.rank, options_.world_size,
                                                  options_.agreement_timeout);
   }
   if (checkpointer_ && store) checkpointer_->SetReportStore(std::move(store));
+}
+
+std::string ShardServer::SaveIdSuffix() const {
+  return epoch_ > 0 ? absl::StrCat("e", epoch_, "-", last_round_) : absl::StrCat(last_round_);
+}
+
+absl::Status ShardServer::Rejoin(std::unique_ptr<Collective> collective,
+                                 std::shared_ptr<KvStore> store, int64_t epoch) {
+  {
+    absl::MutexLock l(&step_mu_);
+    InstallLocked(std::move(collective), std::move(store), epoch);
+    if (restore_) {
+      SHERD_LOG(Warning, "restore %s: dropped, the cluster was rebuilt", restore_->id);
+      restore_.reset();
+    }
+    std::shared_ptr<ModelState> m = model();
+    if (m != nullptr) {
+      // Every rank rewinds to the newest complete checkpoint, chosen once
+      // for the epoch; without one, training starts over.
+      std::optional<RestoredState> loaded;
+      if (checkpointer_ != nullptr) {
+        absl::StatusOr<std::optional<RestoredState>> r = checkpointer_->LoadAtRegister(
+            *m, Fingerprint(model_description_), "newest");
+        if (!r.ok()) {
+          const absl::Status s(r.status().code(),
+                               absl::StrCat("rewind after the cluster was rebuilt (epoch ", epoch,
+                                            "): ", r.status().message()));
+          MarkUnhealthy(std::string(s.message()));
+          return s;
+        }
+        loaded = *std::move(r);
+      }
+      if (loaded) {
+        if (absl::Status s = Checkpointer::Apply(*loaded, *m); !s.ok()) {
+          MarkUnhealthy(absl::StrCat("rewind to ", loaded->name, ": ", s.message()));
+          return s;
+        }
+        AdoptCounters(*loaded);
+        SHERD_LOG(Warning, "cluster rebuilt (membership epoch %d): rewound to %s, next step %d",
+                  epoch, loaded->name, loaded->step + 1);
+      } else {
+        absl::MutexLock s(&stats_mu_);
+        initialized_ = false;
+        next_step_ = 1;
+        adam_step_ = steps_applied_ = steps_skipped_ = 0;
+        restored_from_.clear();
+        recent_.clear();
+        SHERD_LOG(Warning, "cluster rebuilt (membership epoch %d) with no checkpoint to rewind "
+                  "to: training starts over (trainers call InitParams again)", epoch);
+      }
+    }
+  }
+  if (!healthy_.exchange(true) && options_.on_health_change) options_.on_health_change(true);
+  absl::MutexLock l(&stats_mu_);
+  unhealthy_reason_.clear();
+  return absl::OkStatus();
 }
 
 void ShardServer::MarkUnhealthy(std::string reason) {
@@ -438,7 +504,8 @@ absl::StatusOr<v1::RegisterResponse> ShardServer::Register(
     if (checkpointer_ != nullptr) {
       // A failed restore registers nothing: the state is never a mix.
       ASSIGN_OR_RETURN(std::optional<RestoredState> restored,
-                       checkpointer_->LoadAtRegister(*m, Fingerprint(DescribeModel(m->spec()))));
+                       checkpointer_->LoadAtRegister(*m, Fingerprint(DescribeModel(m->spec())),
+                                                     options_.checkpoint.restore));
       if (restored) {
         RETURN_IF_ERROR(Checkpointer::Apply(*restored, *m));
         AdoptCounters(*restored);
@@ -646,7 +713,7 @@ absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
           req.step(), waited, prev.step, idle ? "" : " and gave up", every);
     }
     absl::Status s = StartCheckpointLocked(*m, req.step(),
-                                           absl::StrCat("k", req.step(), "-", last_round_));
+                                           absl::StrCat("k", req.step(), "-", SaveIdSuffix()));
     if (!s.ok()) SHERD_LOG(Warning, "checkpoint at step %d: %s", req.step(), s.message());
   }
   return resp;

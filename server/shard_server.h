@@ -64,8 +64,18 @@ class ShardServer {
   // Hands over the collective once the cluster has formed.
   // `store` is rank 0's rendezvous store (null with one rank): the ranks
   // agree on every step through it, and report checkpoint shards to it.
+  // `epoch` is the cluster's membership epoch (0 at first formation; +1
+  // per replaced rank): the store keys of epoch n > 0 live under "e<n>/".
   void AttachCollective(std::unique_ptr<Collective> collective,
-                        std::shared_ptr<KvStore> store = nullptr);
+                        std::shared_ptr<KvStore> store = nullptr, int64_t epoch = 0);
+  // A rank was replaced (server/cluster_formation.h): every rank installs
+  // the collective rebuilt for membership epoch `epoch`, rewinds to the
+  // newest complete checkpoint (chosen once for the epoch; without one,
+  // training starts over: not initialized, next step 1) and serves again.
+  // Trainers re-register to learn the step to continue from. An error
+  // (the checkpoint cannot be loaded) leaves the server out of service.
+  absl::Status Rejoin(std::unique_ptr<Collective> collective, std::shared_ptr<KvStore> store,
+                      int64_t epoch);
   // Rank 0: creates the checkpoint root and removes leftovers. Call once
   // before serving.
   absl::Status PrepareCheckpoints();
@@ -112,6 +122,11 @@ class ShardServer {
  private:
   std::shared_ptr<ModelState> model() const;
   absl::StatusOr<std::shared_ptr<ModelState>> RequireModel() const;
+  void InstallLocked(std::unique_ptr<Collective> collective, std::shared_ptr<KvStore> store,
+                     int64_t epoch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
+  // What save ids derived by the server end in: the agreement round, and
+  // the epoch once a rank was replaced (equal on every rank).
+  std::string SaveIdSuffix() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
   absl::Status StartCheckpointLocked(const ModelState& m, int64_t step,
                                      const std::string& save_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
@@ -147,6 +162,7 @@ class ShardServer {
   // The agreement's round counter after the last step that went ahead: the
   // same on every rank, so saves derive shared ids from it.
   int64_t last_round_ ABSL_GUARDED_BY(step_mu_) = 0;
+  int64_t epoch_ ABSL_GUARDED_BY(step_mu_) = 0;  // membership epoch
   std::string model_description_ ABSL_GUARDED_BY(step_mu_);  // DescribeModel
   std::unique_ptr<Checkpointer> checkpointer_;  // null: checkpoints off
   // A live restore (v1::CheckpointRestoreRequest): before COMMIT, the

@@ -86,7 +86,7 @@ absl::Status PeerTable::CheckJoinLocked(const JoinArgs& a) const {
         "'"));
   }
   auto it = members_.find(a.rank);
-  if (it != members_.end() && it->second.address != a.address) {
+  if (it != members_.end() && it->second.address != a.address && !CompleteLocked()) {
     return absl::AlreadyExistsError(absl::StrCat(
         "rank ", a.rank, " is already held by ", it->second.address,
         " (this join came from ", a.address, ")"));
@@ -94,9 +94,55 @@ absl::Status PeerTable::CheckJoinLocked(const JoinArgs& a) const {
   return absl::OkStatus();
 }
 
+std::string EpochKey(int64_t epoch) { return absl::StrCat("cluster/epoch/", epoch); }
+
+void PeerTable::SetLivenessProbe(std::function<bool(const std::string&, int)> probe) {
+  absl::MutexLock lock(&mu_);
+  alive_ = std::move(probe);
+}
+
+absl::StatusOr<PeerList> PeerTable::Replace(
+    const JoinArgs& args, const std::string& old_address,
+    const std::function<bool(const std::string&, int)>& alive) {
+  // The probe is a network call, made without the lock.
+  if (old_address != args.address && alive && alive(old_address, args.rank)) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "rank ", args.rank, " is held by a live server at ", old_address,
+        " (this join came from ", args.address, "); stop that one first"));
+  }
+  absl::MutexLock lock(&mu_);
+  if (closed_) return ShuttingDown();
+  Member& m = members_[args.rank];
+  m.address = args.address;
+  m.incarnation = args.incarnation;
+  ++epoch_;
+  kv_[EpochKey(epoch_)] = absl::StrCat(args.rank, " ", args.address);
+  SHERD_LOG(Warning, "rank %d replaced: now at %s (was %s); membership epoch %d",
+            args.rank, args.address, old_address, epoch_);
+  return PeersLocked();
+}
+
 absl::StatusOr<PeerList> PeerTable::Join(const JoinArgs& args,
                                          absl::Time deadline) {
   if (!is_coordinator()) return NotCoordinator("accept joins");
+  // A complete table: the join of a rank's new incarnation replaces it.
+  std::string old_address;
+  std::function<bool(const std::string&, int)> alive;
+  bool replacement = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (closed_) return ShuttingDown();
+    RETURN_IF_ERROR(CheckJoinLocked(args));
+    auto it = members_.find(args.rank);
+    replacement = CompleteLocked() && it != members_.end() &&
+                  (it->second.address != args.address ||
+                   (!args.incarnation.empty() && it->second.incarnation != args.incarnation));
+    if (replacement) {
+      old_address = it->second.address;
+      alive = alive_;
+    }
+  }
+  if (replacement) return Replace(args, old_address, alive);
   absl::MutexLock lock(&mu_);
   if (closed_) return ShuttingDown();
   RETURN_IF_ERROR(CheckJoinLocked(args));
@@ -104,6 +150,7 @@ absl::StatusOr<PeerList> PeerTable::Join(const JoinArgs& args,
   if (inserted) {
     it->second.address = args.address;
     it->second.cluster_id = args.cluster_id;
+    it->second.incarnation = args.incarnation;
     SHERD_LOG(Info, "rank %d joined from %s (%d of %d)", args.rank,
               args.address, members_.size(), world_size_);
     if (CompleteLocked()) SHERD_LOG(Info, "cluster complete");
@@ -135,7 +182,7 @@ absl::StatusOr<PeerList> PeerTable::Join(const JoinArgs& args,
   return gave_up;
 }
 
-absl::Status PeerTable::Adopt(const PeerList& peers) {
+absl::Status PeerTable::Adopt(const PeerList& peers, int64_t epoch) {
   if (is_coordinator()) {
     return absl::FailedPreconditionError(
         "rank 0 builds its peer table from joins; it adopts none");
@@ -156,13 +203,14 @@ absl::Status PeerTable::Adopt(const PeerList& peers) {
   }
   absl::MutexLock lock(&mu_);
   members_ = std::move(members);
+  epoch_ = epoch;
   return absl::OkStatus();
 }
 
 PeerTable::Snapshot PeerTable::GetSnapshot() const {
   absl::MutexLock lock(&mu_);
   return Snapshot{PeersLocked(), world_size_, CompleteLocked(),
-                  EffectiveClusterIdLocked()};
+                  EffectiveClusterIdLocked(), epoch_};
 }
 
 absl::StatusOr<PeerList> PeerTable::WaitComplete(absl::Time deadline) const {
@@ -267,12 +315,14 @@ grpc::Status PeerService::Join(grpc::ServerContext* context,
                                v1::JoinResponse* resp) {
   SHERD_ADMIT_OR_RETURN(inflight_);
   JoinArgs args{req->rank(), req->world_size(), req->address(),
-                req->cluster_id()};
+                req->cluster_id(), req->incarnation()};
   absl::StatusOr<PeerList> peers = table_.Join(args, WaitDeadline(*context));
   if (!peers.ok()) return ToGrpcStatus(peers.status());
   internal::PeersToProto(*peers, resp->mutable_peers());
   resp->set_world_size(table_.world_size());
-  resp->set_cluster_id(table_.GetSnapshot().cluster_id);
+  PeerTable::Snapshot snap = table_.GetSnapshot();
+  resp->set_cluster_id(snap.cluster_id);
+  resp->set_epoch(snap.epoch);
   return grpc::Status::OK;
 }
 
@@ -285,6 +335,7 @@ grpc::Status PeerService::GetPeers(grpc::ServerContext*,
   resp->set_world_size(snap.world_size);
   resp->set_complete(snap.complete);
   resp->set_rank(table_.rank());
+  resp->set_epoch(snap.epoch);
   return grpc::Status::OK;
 }
 

@@ -15,16 +15,21 @@
 //   table.Close();                          // wakes blocked Join/KvGet
 //   inflight.Drain(...); server->Shutdown(...);
 //
-// Membership is fixed once complete: a rank that restarts must come back
-// with the same address. Before completion, a rank whose every Join call has
-// given up (deadline) is forgotten, so a restarted pod may take its rank
-// again from a new address.
+// Once complete, membership changes only by replacement: a Join for a rank
+// from another incarnation (a restarted server, at the same or a new
+// address) takes the rank over, unless the old address still answers as
+// that rank (the liveness probe). Each replacement raises the membership
+// epoch and sets "cluster/epoch/<n>" in the store, which every rank watches
+// to rebuild its collectives (server/cluster_formation.h). Before
+// completion, a rank whose every Join call has given up (deadline) is
+// forgotten, so a restarted pod may take its rank again from a new address.
 //
 // Threads: every method is thread-safe. Join, WaitComplete and Get block
 // (absl::Mutex conditions, no polling) until their condition, their
 // deadline, or Close(). The table outlives the service and the server.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <string>
 #include <string_view>
@@ -47,7 +52,12 @@ struct JoinArgs {
   int world_size = 0;
   std::string address;
   std::string cluster_id;  // empty: any
+  std::string incarnation;  // empty: unknown (no replacement at one address)
 };
+
+// The store key that announces membership epoch `epoch` (>= 1); its value
+// is "<rank> <address>" of the replacement.
+std::string EpochKey(int64_t epoch);
 
 class PeerTable final : public KvStore {
  public:
@@ -66,14 +76,20 @@ class PeerTable final : public KvStore {
   // into UNAVAILABLE). Rank 0 joins itself through this too.
   absl::StatusOr<PeerList> Join(const JoinArgs& args, absl::Time deadline);
 
-  // Non-coordinators: installs the complete table received from rank 0.
-  absl::Status Adopt(const PeerList& peers);
+  // Non-coordinators: installs the complete table received from rank 0,
+  // at membership epoch `epoch`.
+  absl::Status Adopt(const PeerList& peers, int64_t epoch = 0);
+
+  // Coordinator: how a replacement checks that the rank's old server is
+  // gone (true: `address` still answers as `rank`). Unset: assumed gone.
+  void SetLivenessProbe(std::function<bool(const std::string& address, int rank)> probe);
 
   struct Snapshot {
     PeerList peers;  // known ranks, sorted
     int world_size = 0;
     bool complete = false;
     std::string cluster_id;
+    int64_t epoch = 0;
   };
   Snapshot GetSnapshot() const;
 
@@ -103,9 +119,13 @@ class PeerTable final : public KvStore {
   struct Member {
     std::string address;
     std::string cluster_id;
+    std::string incarnation;
     int waiting = 0;  // Join calls for this rank now blocked
   };
 
+  // Join of a rank's new incarnation into the complete table.
+  absl::StatusOr<PeerList> Replace(const JoinArgs& args, const std::string& old_address,
+                                   const std::function<bool(const std::string&, int)>& alive);
   absl::Status CheckJoinLocked(const JoinArgs& args) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string EffectiveClusterIdLocked() const
@@ -125,6 +145,8 @@ class PeerTable final : public KvStore {
   std::map<int, Member> members_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> kv_ ABSL_GUARDED_BY(mu_);
   int blocked_gets_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  std::function<bool(const std::string&, int)> alive_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
 };
 

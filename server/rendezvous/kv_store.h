@@ -11,6 +11,7 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -69,6 +70,32 @@ class InMemoryKvStore : public KvStore {
  private:
   absl::Mutex mu_;
   std::map<std::string, std::string> map_ ABSL_GUARDED_BY(mu_);
+};
+
+// A view of another store with every key under `prefix`: what one
+// membership epoch of a cluster uses, so that the step agreement, the
+// checkpoint reports and the restore choice of a rebuilt cluster never read
+// keys of the one before it.
+class PrefixedKvStore final : public KvStore {
+ public:
+  PrefixedKvStore(std::shared_ptr<KvStore> inner, std::string prefix)
+      : inner_(std::move(inner)), prefix_(std::move(prefix)) {}
+  absl::Status Set(std::string_view key, std::string_view value) override {
+    return inner_->Set(Key(key), value);
+  }
+  absl::StatusOr<std::string> SetIfAbsent(std::string_view key,
+                                          std::string_view value) override {
+    return inner_->SetIfAbsent(Key(key), value);
+  }
+  absl::StatusOr<std::string> Get(std::string_view key, absl::Duration timeout) override {
+    return inner_->Get(Key(key), timeout);
+  }
+  absl::Status Erase(std::string_view key) override { return inner_->Erase(Key(key)); }
+
+ private:
+  std::string Key(std::string_view key) const { return prefix_ + std::string(key); }
+  const std::shared_ptr<KvStore> inner_;
+  const std::string prefix_;
 };
 
 }  // namespace sherd

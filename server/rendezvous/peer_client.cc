@@ -74,7 +74,7 @@ absl::StatusOr<PeerList> JoinCluster(const std::string& coordinator_address,
                                      int rank, int world_size,
                                      const std::string& my_address,
                                      absl::Duration deadline,
-                                     const JoinOptions& options) {
+                                     const JoinOptions& options, int64_t* epoch) {
   const std::string what =
       absl::StrCat("joining the cluster at ", coordinator_address, " as rank ",
                    rank, " of ", world_size);
@@ -94,6 +94,7 @@ absl::StatusOr<PeerList> JoinCluster(const std::string& coordinator_address,
   req.set_world_size(world_size);
   req.set_address(my_address);
   req.set_cluster_id(options.cluster_id);
+  req.set_incarnation(options.incarnation);
   Backoff backoff(options.initial_backoff, options.max_backoff);
   absl::Status last_unavailable;
   for (int attempt = 1;; ++attempt) {
@@ -103,6 +104,7 @@ absl::StatusOr<PeerList> JoinCluster(const std::string& coordinator_address,
     absl::Status s = FromGrpcStatus(stub->Join(&context, req, &resp));
     if (s.ok()) {
       RETURN_IF_ERROR(CheckPeerTable(resp, world_size));
+      if (epoch != nullptr) *epoch = resp.epoch();
       SHERD_LOG(Info, "joined the cluster at %s as rank %d of %d",
                 coordinator_address, rank, world_size);
       return internal::PeersFromProto(resp.peers());
@@ -138,7 +140,7 @@ absl::StatusOr<PeerList> FormCluster(PeerTable& table,
                                      absl::Duration deadline,
                                      const JoinOptions& options) {
   if (table.is_coordinator()) {
-    JoinArgs args{0, table.world_size(), my_address, options.cluster_id};
+    JoinArgs args{0, table.world_size(), my_address, options.cluster_id, options.incarnation};
     absl::StatusOr<PeerList> peers = table.Join(args, absl::Now() + deadline);
     if (peers.status().code() == absl::StatusCode::kDeadlineExceeded) {
       // Same contract as JoinCluster: an incomplete cluster is UNAVAILABLE.
@@ -146,11 +148,12 @@ absl::StatusOr<PeerList> FormCluster(PeerTable& table,
     }
     return peers;
   }
+  int64_t epoch = 0;
   ASSIGN_OR_RETURN(PeerList peers,
                    JoinCluster(coordinator_address, table.rank(),
                                table.world_size(), my_address, deadline,
-                               options));
-  RETURN_IF_ERROR(table.Adopt(peers));
+                               options, &epoch));
+  RETURN_IF_ERROR(table.Adopt(peers, epoch));
   return peers;
 }
 

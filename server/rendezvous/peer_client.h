@@ -32,6 +32,7 @@ namespace sherd {
 
 struct JoinOptions {
   std::string cluster_id;  // empty: any
+  std::string incarnation;  // this server process's (JoinRequest)
   // Backoff between attempts while the coordinator is unreachable: doubles
   // from initial to max, each sleep drawn uniformly from [d/2, d] so that a
   // whole cluster starting at once does not retry in lock step.
@@ -54,7 +55,8 @@ absl::StatusOr<PeerList> JoinCluster(const std::string& coordinator_address,
                                      int rank, int world_size,
                                      const std::string& my_address,
                                      absl::Duration deadline,
-                                     const JoinOptions& options = {});
+                                     const JoinOptions& options = {},
+                                     int64_t* epoch = nullptr);
 
 // The usual way to join: rank 0 joins its own `table` directly (it ignores
 // `coordinator_address`); any other rank calls JoinCluster and installs the

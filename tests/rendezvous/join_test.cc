@@ -166,13 +166,49 @@ TEST(Join, RankHeldByAnotherAddressIsRefusedAndSameAddressMayRejoin) {
     EXPECT_EQ(*r, expected);
   }
   // After completion: the same address gets the table at once; another
-  // address still may not take the rank.
+  // address may not take the rank while the old one still answers as it.
   absl::StatusOr<PeerList> again = JoinCluster(rank0.address(), 1, 3, "a:1",
                                                absl::Seconds(5));
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(*again, expected);
+  std::vector<std::string> probed;
+  rank0.table().SetLivenessProbe([&](const std::string& address, int rank) {
+    probed.push_back(absl::StrCat(address, "#", rank));
+    return true;
+  });
   EXPECT_EQ(JoinCluster(rank0.address(), 1, 3, "b:2", kLong).status().code(),
             absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(probed, std::vector<std::string>{"a:1#1"});
+  EXPECT_EQ(rank0.table().GetSnapshot().epoch, 0);
+}
+
+// Issue 13, defect 8: once the cluster is complete, a restarted server
+// (another incarnation, at a new address or the same one) replaces its
+// rank when the old one no longer answers. Each replacement raises the
+// membership epoch and announces it in the store; a repeated join of the
+// same incarnation changes nothing.
+TEST(Join, ARestartedRankReplacesTheLostOneAndRaisesTheEpoch) {
+  RankServer rank0(0, 2);
+  std::thread rank1([&] {
+    EXPECT_TRUE(JoinCluster(rank0.address(), 1, 2, "a:1", kLong, {.incarnation = "one"}).ok());
+  });
+  ASSERT_TRUE(FormCluster(rank0.table(), "", "z:0", kLong).ok());
+  rank1.join();
+  rank0.table().SetLivenessProbe([](const std::string&, int) { return false; });
+  int64_t epoch = -1;
+  // The same incarnation again (a retried join): nothing changes.
+  ASSERT_TRUE(JoinCluster(rank0.address(), 1, 2, "a:1", kLong, {.incarnation = "one"}, &epoch).ok());
+  EXPECT_EQ(epoch, 0);
+  // A new process at a new address: it takes the rank.
+  auto moved = JoinCluster(rank0.address(), 1, 2, "b:2", kLong, {.incarnation = "two"}, &epoch);
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_EQ(*moved, (PeerList{{0, "z:0"}, {1, "b:2"}}));
+  EXPECT_EQ(epoch, 1);
+  EXPECT_EQ(*rank0.table().Get(EpochKey(1), absl::ZeroDuration()), "1 b:2");
+  // A new process at the same address: it takes the rank too.
+  ASSERT_TRUE(JoinCluster(rank0.address(), 1, 2, "b:2", kLong, {.incarnation = "three"}, &epoch).ok());
+  EXPECT_EQ(epoch, 2);
+  EXPECT_EQ(rank0.table().GetSnapshot().epoch, 2);
 }
 
 TEST(Join, MissingRankTimesOutNamingIt) {
