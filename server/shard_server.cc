@@ -504,8 +504,12 @@ absl::StatusOr<v1::RegisterResponse> ShardServer::Register(
     if (checkpointer_ != nullptr) {
       // A failed restore registers nothing: the state is never a mix.
       ASSIGN_OR_RETURN(std::optional<RestoredState> restored,
-                       checkpointer_->LoadAtRegister(*m, Fingerprint(DescribeModel(m->spec())),
-                                                     options_.checkpoint.restore));
+                       checkpointer_->LoadAtRegister(
+                           *m, Fingerprint(DescribeModel(m->spec())),
+                           // After a rank was replaced, the cluster resumes
+                           // from its newest checkpoint, whatever --restore
+                           // said at the first start.
+                           epoch_ > 0 ? "newest" : options_.checkpoint.restore));
       if (restored) {
         RETURN_IF_ERROR(Checkpointer::Apply(*restored, *m));
         AdoptCounters(*restored);
