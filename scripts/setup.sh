@@ -11,6 +11,7 @@ PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev libxxhash-dev libopenblas-dev
   python3 python3-venv python3-dev
+  iproute2  # the two-host tests: network namespaces, veth pairs, a bridge
 )
 # Extra packages only the benchmarks and fixture generation need.
 if [[ "${1:-}" == "--bench" ]]; then

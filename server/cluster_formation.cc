@@ -62,6 +62,19 @@ absl::StatusOr<std::unique_ptr<Collective>> ConnectCollectives(
   return collective;
 }
 
+// A rebuild for `epoch` failed here (typically: another rank was replaced
+// while this epoch connected, so some rank never came, or came late). Its
+// keys cannot be reused, so every rank moves on to the next epoch together:
+// this announces it (first writer wins; the others' watches see it).
+void RetryInNextEpoch(KvStore& store, int rank, int64_t epoch) {
+  absl::SleepFor(absl::Milliseconds(200));  // let a replacement's announcement land first
+  absl::StatusOr<std::string> now =
+      store.SetIfAbsent(EpochKey(epoch + 1), absl::StrCat("rebuild ", rank));
+  if (!now.ok()) {
+    SHERD_LOG(Warning, "cannot announce epoch %d: %s", epoch + 1, now.status().message());
+  }
+}
+
 }  // namespace
 
 ClusterFormation::ClusterFormation(const ServerConfig& config,
@@ -119,13 +132,14 @@ void ClusterFormation::Start() {
           ConnectCollectives(config, address, *store, store, epoch);
       absl::MutexLock l(&state->mu);
       if (state->shard == nullptr) return;  // shutting down
-      if (!collective.ok()) {
+      if (collective.ok()) {
+        state->shard->AttachCollective(std::move(*collective), store, epoch);
+        SHERD_LOG(Info, "cluster formed: rank %d of %d", config.rank, config.world_size);
+      } else {
         state->shard->MarkUnhealthy(
             absl::StrCat("cluster formation failed: ", collective.status().message()));
-        return;
+        if (epoch > 0) RetryInNextEpoch(*store, config.rank, epoch);
       }
-      state->shard->AttachCollective(std::move(*collective), store, epoch);
-      SHERD_LOG(Info, "cluster formed: rank %d of %d", config.rank, config.world_size);
     }
     // Then watch for replaced ranks: each raises the membership epoch, and
     // every rank rebuilds its collectives for it and rewinds.
@@ -169,7 +183,8 @@ void ClusterFormation::Start() {
         }
         (void)table->Adopt(now, epoch);
       }
-      SHERD_LOG(Warning, "rank %s replaced: rebuilding the collectives (membership epoch %d)",
+      SHERD_LOG(Warning, "%s%s: rebuilding the collectives (membership epoch %d)",
+                absl::StartsWith(*replaced, "rebuild ") ? "retry after a failed " : "rank ",
                 *replaced, epoch);
       absl::StatusOr<std::unique_ptr<Collective>> collective =
           ConnectCollectives(config, address, *store, store, epoch);
@@ -178,6 +193,7 @@ void ClusterFormation::Start() {
       if (!collective.ok()) {
         state->shard->MarkUnhealthy(absl::StrCat("rebuilding the collectives for epoch ", epoch,
                                                  ": ", collective.status().message()));
+        RetryInNextEpoch(*store, config.rank, epoch);
         continue;
       }
       (void)state->shard->Rejoin(std::move(*collective), store, epoch);

@@ -578,11 +578,12 @@ absl::StatusOr<StepArgs> ShardServer::PrepareStep(const v1::StepRequest& req,
                                                  const ModelState& m) {
   if (!healthy_.load()) {
     absl::MutexLock l(&stats_mu_);
-    // Permanent until the cluster restarts: not UNAVAILABLE, which clients
-    // retry as if the cluster were still forming.
+    // Until a lost rank is replaced (every rank then rewinds and serves
+    // again) or the cluster restarts: not UNAVAILABLE, which clients retry
+    // as if the cluster were still forming.
     return absl::FailedPreconditionError(absl::StrCat(
         "shard server ", options_.rank, " is out of service (", unhealthy_reason_,
-        "); restart the cluster"));
+        "); restart the lost rank (same --rank) or the cluster"));
   }
   StepArgs args;
   {
@@ -662,7 +663,8 @@ absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
       return absl::AbortedError(absl::StrCat(
           "step ", req.step(), " failed in the collective, so no state changed: ",
           out.status().message(), "; shard server ", options_.rank,
-          " is now out of service until the cluster restarts"));
+          " is now out of service until the lost rank is restarted (every rank then "
+          "rewinds to the newest checkpoint) or the cluster restarts"));
     }
     return out.status();
   }

@@ -115,6 +115,9 @@ absl::StatusOr<PeerList> PeerTable::Replace(
   Member& m = members_[args.rank];
   m.address = args.address;
   m.incarnation = args.incarnation;
+  // Past any epoch the ranks announced themselves (a rebuild that failed
+  // moves every rank on to the next epoch: ClusterFormation).
+  while (kv_.count(EpochKey(epoch_ + 1)) > 0) ++epoch_;
   ++epoch_;
   kv_[EpochKey(epoch_)] = absl::StrCat(args.rank, " ", args.address);
   SHERD_LOG(Warning, "rank %d replaced: now at %s (was %s); membership epoch %d",
