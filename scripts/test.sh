@@ -19,7 +19,7 @@ bash scripts/build.sh
 if [[ "${SHERD_SKIP_ASAN:-0}" != 1 ]]; then
   ASAN_TESTS=(layout_test step_pipeline_test collective_test checkpoint_test adamw_test
               device_state_test shm_names_test agreement_test cluster_test fault_test
-              checkpoint_integration_test agreement_cluster_test)
+              checkpoint_integration_test agreement_cluster_test rendezvous_test)
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHERD_SANITIZE=ON \
     -DSHERD_DISABLE_CUDA=ON -DSHERD_BUILD_BENCH=OFF >/dev/null
   cmake --build build-asan -j"$JOBS" --target "${ASAN_TESTS[@]}"

@@ -661,7 +661,9 @@ absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
     if (absl::IsUnavailable(out.status())) {
       MarkUnhealthy(absl::StrCat("step ", req.step(), ": ", out.status().message()));
       return absl::AbortedError(absl::StrCat(
-          "step ", req.step(), " failed in the collective, so no state changed: ",
+          "step ", req.step(), " failed in the collective, so no step was applied (master, "
+          "moments and this rank's slice of P are as before; other ranks' slices of P may "
+          "hold new values until the rewind): ",
           out.status().message(), "; shard server ", options_.rank,
           " is now out of service until the lost rank is restarted (every rank then "
           "rewinds to the newest checkpoint) or the cluster restarts"));
@@ -768,16 +770,30 @@ absl::Status ShardServer::CheckRange(const ModelState& m, v1::BufferKind kind,
   return absl::OkStatus();
 }
 
-absl::Status ShardServer::WriteChunk(const v1::DataChunk& chunk) {
+absl::Status ShardServer::CheckChunk(const v1::DataChunk& chunk) const {
   ASSIGN_OR_RETURN(std::shared_ptr<ModelState> m, RequireModel());
-  ASSIGN_OR_RETURN(float* base, BufferFor(*m, chunk.buffer()));
+  RETURN_IF_ERROR(BufferFor(*m, chunk.buffer()).status());
   const std::string& data = chunk.data();
   if (data.size() % sizeof(float) != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "chunk of ", data.size(), " bytes is not a whole number of floats"));
   }
+  return CheckRange(*m, chunk.buffer(), chunk.offset(),
+                    static_cast<int64_t>(data.size() / sizeof(float)));
+}
+
+absl::Status ShardServer::WriteChunks(const std::vector<v1::DataChunk>& chunks) {
+  for (const v1::DataChunk& c : chunks) RETURN_IF_ERROR(CheckChunk(c));
+  for (const v1::DataChunk& c : chunks) RETURN_IF_ERROR(WriteChunk(c));
+  return absl::OkStatus();
+}
+
+absl::Status ShardServer::WriteChunk(const v1::DataChunk& chunk) {
+  RETURN_IF_ERROR(CheckChunk(chunk));
+  ASSIGN_OR_RETURN(std::shared_ptr<ModelState> m, RequireModel());
+  ASSIGN_OR_RETURN(float* base, BufferFor(*m, chunk.buffer()));
+  const std::string& data = chunk.data();
   const int64_t n = static_cast<int64_t>(data.size() / sizeof(float));
-  RETURN_IF_ERROR(CheckRange(*m, chunk.buffer(), chunk.offset(), n));
   RETURN_IF_ERROR(m->Copy(base + chunk.offset(),
                           reinterpret_cast<const float*>(data.data()), n));
   inline_bytes_received_.fetch_add(static_cast<int64_t>(data.size()), std::memory_order_relaxed);

@@ -98,6 +98,10 @@ class ShardServer {
   absl::StatusOr<v1::StepResponse> Step(const v1::StepRequest& req);
   // Inline data plane: writes one chunk into P or G.
   absl::Status WriteChunk(const v1::DataChunk& chunk);
+  // Whether WriteChunk would accept `chunk` (buffer, range, size).
+  absl::Status CheckChunk(const v1::DataChunk& chunk) const;
+  // A whole Push: every chunk is checked before any is written.
+  absl::Status WriteChunks(const std::vector<v1::DataChunk>& chunks);
   // Reads [offset, offset+count) of P or G as chunks; `sink` returns false
   // to stop (client gone).
   absl::Status ReadRange(const v1::FetchRequest& req,

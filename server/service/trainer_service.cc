@@ -1,5 +1,6 @@
 #include "server/service/trainer_service.h"
 
+#include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 
 namespace sherd {
@@ -24,20 +25,28 @@ grpc::Status TrainerService::Step(grpc::ServerContext*,
   return Reply(server_.Step(*req), resp);
 }
 
-grpc::Status TrainerService::Push(grpc::ServerContext*,
+grpc::Status TrainerService::Push(grpc::ServerContext* ctx,
                                   grpc::ServerReader<v1::DataChunk>* reader,
                                   v1::PushResponse* resp) {
   SHERD_ADMIT_OR_RETURN(inflight_);
-  v1::DataChunk chunk;
-  int64_t elements = 0, chunks = 0;
-  while (reader->Read(&chunk)) {
-    absl::Status s = server_.WriteChunk(chunk);
-    if (!s.ok()) return ToGrpcStatus(s);
+  // All or nothing: the chunks are checked as they arrive and written only
+  // once the whole stream has, so a stream with a bad chunk, or one the
+  // client abandons, writes nothing.
+  std::vector<v1::DataChunk> chunks;
+  int64_t elements = 0;
+  for (v1::DataChunk chunk; reader->Read(&chunk);) {
+    if (absl::Status s = server_.CheckChunk(chunk); !s.ok()) {
+      return ToGrpcStatus(absl::Status(
+          s.code(), absl::StrCat("chunk ", chunks.size(), " of this push: ", s.message(),
+                                 "; nothing of this push was written")));
+    }
     elements += static_cast<int64_t>(chunk.data().size() / sizeof(float));
-    ++chunks;
+    chunks.push_back(std::move(chunk));
   }
+  if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "push cancelled");
+  if (absl::Status s = server_.WriteChunks(chunks); !s.ok()) return ToGrpcStatus(s);
   resp->set_elements(elements);
-  resp->set_chunks(chunks);
+  resp->set_chunks(static_cast<int64_t>(chunks.size()));
   return grpc::Status::OK;
 }
 

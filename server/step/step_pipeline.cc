@@ -163,7 +163,16 @@ absl::StatusOr<StepOutcome> RunStep(ModelState& model, Collective& collective,
 
   // 5. All-gather the updated params.
   t = Clock::now();
-  RETURN_IF_ERROR(collective.AllGather(model.params(), slice));
+  if (absl::Status s = collective.AllGather(model.params(), slice); !s.ok()) {
+    // This rank's slice of P goes back to the old params (the master still
+    // holds them). The other ranks' slices may hold some of their new
+    // values: only they had the old ones, so P is whole again when the
+    // cluster rewinds to a checkpoint (a lost rank replaced), not before.
+    ForEachPiece(optimizer, slice, [&](int, int64_t b, int64_t e) {
+      std::memcpy(model.owned_params() + b, model.master() + b, (e - b) * sizeof(float));
+    });
+    return s;
+  }
   out.all_gather_ms = MsSince(t);
 
   // Commit: the master copy from P's slice, the moments by a flip.

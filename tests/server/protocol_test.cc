@@ -277,6 +277,32 @@ TEST_F(ProtocolTest, SecondRegisterWithADifferentModelIsRefused) {
   EXPECT_TRUE(same.reattached());
 }
 
+// A push is all or nothing (issue 13, defect 9): a stream whose later
+// chunk is invalid writes none of its earlier chunks. Before, the first
+// chunk had already landed in P when the second was refused.
+TEST_F(ProtocolTest, APushWithABadLaterChunkWritesNothing) {
+  RegisterAndInit();
+  const std::vector<float> before = FetchAll(v1::BUFFER_PARAMS);
+  grpc::ClientContext ctx;
+  v1::PushResponse resp;
+  auto w = trainer_->Push(&ctx, &resp);
+  std::vector<float> ones(64, 1.0f);
+  v1::DataChunk good;
+  good.set_buffer(v1::BUFFER_PARAMS);
+  good.set_offset(0);
+  good.set_data(ones.data(), ones.size() * sizeof(float));
+  ASSERT_TRUE(w->Write(good));
+  v1::DataChunk bad = good;
+  bad.set_offset(1 << 30);  // outside P
+  w->Write(bad);
+  w->WritesDone();
+  grpc::Status s = w->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("chunk 1 of this push"), std::string::npos) << s.error_message();
+  EXPECT_NE(s.error_message().find("nothing of this push was written"), std::string::npos);
+  EXPECT_EQ(FetchAll(v1::BUFFER_PARAMS), before);
+}
+
 TEST_F(ProtocolTest, PushesOutsideTheBufferAreRejected) {
   RegisterAndInit();  // 128 padded elements
   std::vector<float> grads_before = FetchAll(v1::BUFFER_GRADS);

@@ -42,6 +42,7 @@ std::unique_ptr<ModelState> MakeModel(int world, const std::string& tag) {
   }
   for (int64_t i = 0; i < slice; ++i) {
     (*m)->master()[i] = std::sin(static_cast<float>(i));
+    (*m)->owned_params()[i] = (*m)->master()[i];  // as InitParams leaves them
     (*m)->exp_avg()[i] = 0.001f * i;
     (*m)->exp_avg_sq()[i] = 1e-6f * i;
   }
@@ -62,9 +63,14 @@ TEST(StepPipeline, FailedAllGatherLeavesTheStateUntouched) {
   ScriptedCollective coll;
   coll.fail_all_gather = true;
   AdamW opt(2);
+  const int64_t slice = model->layout().slice_size();
+  const std::vector<float> owned_p(model->owned_params(), model->owned_params() + slice);
   auto out = RunStep(*model, coll, opt, {.lr = 0.1f, .adam_step = 3});
   EXPECT_EQ(out.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(State(*model), before);
+  // This rank's slice of P holds the old params again, not the new ones the
+  // optimizer staged there for the all-gather (issue 13, defect 9).
+  EXPECT_EQ(std::vector<float>(model->owned_params(), model->owned_params() + slice), owned_p);
 }
 
 TEST(StepPipeline, StagedStepEqualsInPlaceStep) {
