@@ -360,6 +360,7 @@ void ShardServer::InstallLocked(std::unique_ptr<Collective> collective,
                                 std::shared_ptr<KvStore> store, int64_t epoch) {
   collective_ = std::move(collective);
   epoch_ = epoch;
+  epoch_seen_.store(epoch, std::memory_order_relaxed);
   last_round_ = 0;
   if (store && epoch > 0) {
     store = std::make_shared<PrefixedKvStore>(std::move(store), absl::StrCat("e", epoch, "/"));

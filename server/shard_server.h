@@ -167,6 +167,7 @@ class ShardServer {
   // same on every rank, so saves derive shared ids from it.
   int64_t last_round_ ABSL_GUARDED_BY(step_mu_) = 0;
   int64_t epoch_ ABSL_GUARDED_BY(step_mu_) = 0;  // membership epoch
+  std::atomic<int64_t> epoch_seen_{0};            // the same, for Status
   std::string model_description_ ABSL_GUARDED_BY(step_mu_);  // DescribeModel
   std::unique_ptr<Checkpointer> checkpointer_;  // null: checkpoints off
   // A live restore (v1::CheckpointRestoreRequest): before COMMIT, the

@@ -56,9 +56,11 @@ v1::StatusResponse ShardServer::Status() const {
   } else {
     r.set_health(m != nullptr ? "SERVING" : "NO_MODEL");
   }
+  r.set_epoch(epoch_seen_.load(std::memory_order_relaxed));
   absl::MutexLock l(&stats_mu_);
   r.set_address(address_);
   r.set_unhealthy_reason(unhealthy_reason_);
+  r.set_restored_from(restored_from_);
   if (m != nullptr) {
     v1::ModelSummary* s = r.mutable_model();
     s->set_name(m->spec().name);

@@ -3,6 +3,7 @@
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -124,6 +125,25 @@ int RunStatus(const GlobalOptions& g) {
   }
   std::printf("inline data plane: %s received, %s sent (shared-memory trainers copy nothing)\n",
               HumanBytes(in).c_str(), HumanBytes(out).c_str());
+  int64_t epoch = 0;
+  std::string rewound;
+  for (size_t r = 0; r < replies.size(); ++r) {
+    if (!errors[r].ok()) continue;
+    epoch = std::max(epoch, replies[r].epoch());
+    if (rewound.empty()) rewound = replies[r].restored_from();
+  }
+  if (epoch > 0) {
+    std::printf("membership epoch %lld: ranks were replaced and the cluster rewound%s\n",
+                static_cast<long long>(epoch),
+                rewound.empty() ? " (no checkpoint: training started over)"
+                                : absl::StrCat(" to ", rewound).c_str());
+  }
+  for (size_t r = 0; r < replies.size(); ++r) {
+    if (errors[r].ok() && replies[r].epoch() != epoch) {
+      std::printf("rank %zu is still at membership epoch %lld (rebuilding its collectives)\n", r,
+                  static_cast<long long>(replies[r].epoch()));
+    }
+  }
   if (bad > 0) std::printf("%d of %d ranks not serving\n", bad, cluster->world_size());
   return 0;
 }
