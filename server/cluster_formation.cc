@@ -151,20 +151,21 @@ void ClusterFormation::Start() {
             ? store
             : std::make_shared<RemoteKvStore>(
                   coordinator, RemoteKvOptions{.unavailable_retry = absl::ZeroDuration()});
-    bool warned = false;
+    // Rank 0 unreachable: said once, after 5 s (at shutdown rank 0 often
+    // closes a moment before the others do, which is no news).
+    int unreachable = 0;
     while (!stopping()) {
       absl::StatusOr<std::string> replaced = watch->Get(EpochKey(epoch + 1), absl::Seconds(1));
       if (absl::IsDeadlineExceeded(replaced.status())) continue;
       if (!replaced.ok()) {
-        if (!warned && !stopping()) {
+        if (++unreachable == 5 && !stopping()) {
           SHERD_LOG(Warning, "cannot watch for replaced ranks: %s (rank 0 lost? the cluster "
                     "then needs a restart)", replaced.status().message());
         }
-        warned = true;
         absl::SleepFor(absl::Seconds(1));
         continue;
       }
-      warned = false;
+      unreachable = 0;
       // Two replacements in a row: rebuild once, for the newest epoch.
       while (watch->Get(EpochKey(epoch + 2), absl::ZeroDuration()).ok()) {
         ++epoch;

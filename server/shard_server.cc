@@ -5,10 +5,10 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "server/checkpoint/directory.h"
 #include "common/failpoint.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "server/checkpoint/directory.h"
 #include "server/state/shm_names.h"
 #include "server/step/step_pipeline.h"
 
