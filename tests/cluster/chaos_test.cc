@@ -29,6 +29,7 @@
 #include "absl/time/clock.h"
 #include "client/client.h"
 #include "tests/testing/process.h"
+#include "tests/testing/trainers.h"
 
 namespace sherd {
 namespace {
@@ -84,8 +85,7 @@ struct Shared {
 // learn the step the cluster continues from.
 void Trainer(int rank, Shared& sh, std::vector<float>* final_params) {
   std::unique_ptr<Client> c;
-  int64_t next = 1;      // the step this trainer will send
-  int64_t furthest = 0;  // the highest step it saw applied
+  int64_t next = 1;  // the step this trainer will send
   while (!sh.stop && next <= kSteps) {
     if (sh.drop[rank].exchange(false)) {
       c.reset();  // the trainer "dies" and comes back
@@ -128,17 +128,10 @@ void Trainer(int rank, Shared& sh, std::vector<float>* final_params) {
       absl::SleepFor(absl::Milliseconds(50));
       continue;
     }
-    furthest = std::max(furthest, next);
     sh.done[rank] = next;
     ++next;
   }
-  if (rank == 0 && c != nullptr) {
-    for (const auto& t : Model().tensors) {
-      auto p = c->Param(t.name);
-      final_params->insert(final_params->end(), p.begin(), p.end());
-    }
-  }
-  (void)furthest;
+  if (rank == 0 && c != nullptr) *final_params = testing::FlatParams(*c, Model());
 }
 
 std::vector<float> Reference() {
@@ -164,12 +157,7 @@ std::vector<float> Reference() {
         auto st = (*c)->Step({.lr = 0.01f});
         ASSERT_TRUE(st.ok()) << st.status();
       }
-      if (r == 0) {
-        for (const auto& t : Model().tensors) {
-          auto p = (*c)->Param(t.name);
-          out.insert(out.end(), p.begin(), p.end());
-        }
-      }
+      if (r == 0) out = testing::FlatParams(**c, Model());
     });
   }
   for (auto& t : ts) t.join();

@@ -16,6 +16,7 @@
 #include "client/client.h"
 #include "sherd/v1/admin.grpc.pb.h"
 #include "tests/testing/process.h"
+#include "tests/testing/trainers.h"
 
 namespace sherd {
 namespace {
@@ -64,23 +65,13 @@ class Trainers {
       }
     });
   }
-  std::vector<float> Params() {
-    std::vector<float> out;
-    for (const auto& t : Model().tensors) {
-      auto p = clients_[0]->Param(t.name);
-      out.insert(out.end(), p.begin(), p.end());
-    }
-    return out;
-  }
+  std::vector<float> Params() { return testing::FlatParams(*clients_[0], Model()); }
   Client& client(int r) { return *clients_[r]; }
 
  private:
   template <typename F>
   void ForEach(F fn) {
-    std::vector<std::thread> ts;
-    for (size_t r = 0; r < clients_.size(); ++r)
-      ts.emplace_back([&, r] { fn(static_cast<int>(r), clients_[r]); });
-    for (auto& t : ts) t.join();
+    testing::ForEachRank(clients_, fn);
   }
   std::vector<std::unique_ptr<Client>> clients_;
 };
