@@ -34,12 +34,7 @@ std::string TempDir(const std::string& root, int64_t step, const std::string& sa
 }
 
 absl::Status CheckSaveId(const std::string& id) {
-  const bool ok = !id.empty() && id.size() <= 64 &&
-                  std::all_of(id.begin(), id.end(), [](char c) {
-                    return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_' ||
-                           c == '-';
-                  });
-  if (ok) return absl::OkStatus();
+  if (!id.empty() && IsIdToken(id)) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(
       "save id '", id, "' must be 1 to 64 characters of letters, digits, '_' and '-'"));
 }
@@ -52,6 +47,12 @@ absl::Status MakeDir(const std::string& path) {
 }
 
 }  // namespace
+
+bool IsIdToken(absl::string_view id) {
+  return id.size() <= 64 && std::all_of(id.begin(), id.end(), [](char c) {
+           return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+         });
+}
 
 Checkpointer::Checkpointer(CheckpointOptions options, int rank, int world_size)
     : options_(std::move(options)), rank_(rank), world_size_(world_size) {}

@@ -38,6 +38,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/checkpoint/snapshot_saver.h"
@@ -53,6 +54,10 @@ struct CheckpointOptions {
   std::string restore = "newest";  // "newest", "none" or a checkpoint name
   absl::Duration report_timeout = absl::Minutes(10);
 };
+
+// Save ids and restore transaction ids: at most 64 characters of letters,
+// digits, '_' and '-' (they become parts of directory names and store keys).
+bool IsIdToken(absl::string_view id);
 
 // A checkpoint read and verified into memory, not yet applied: loading
 // stages everything first so that applying cannot fail half-way.

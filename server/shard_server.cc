@@ -3,7 +3,6 @@
 #include <cstring>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/failpoint.h"
 #include "common/log.h"
@@ -187,9 +186,7 @@ absl::StatusOr<v1::CheckpointRestoreResponse> ShardServer::RestoreCheckpoint(
         "checkpoints are off: start the server with --checkpoint-dir");
   }
   const std::string& txn = req.txn();
-  if (txn.size() > 64 || !std::all_of(txn.begin(), txn.end(), [](char c) {
-        return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
-      })) {
+  if (!IsIdToken(txn)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "restore txn '", txn, "' must be up to 64 characters of letters, digits, '_' and '-'"));
   }
