@@ -54,10 +54,21 @@ absl::StatusOr<std::unique_ptr<Collective>> ConnectCollectives(
   absl::StatusOr<std::unique_ptr<Collective>> collective =
       CreateGlooCollective(store, config.rank, config.world_size, gloo);
   if (collective.ok() && config.shm_collectives) {
-    // Ranks on this host reduce and gather through shared memory; the
-    // rest (and every barrier) stays on Gloo.
-    collective = CreateLocalShmCollective(std::move(*collective), std::move(shared_store),
-                                          {.prefix = absl::StrCat("shm/", config.cluster_id, suffix)});
+    // Ranks on this host reduce and gather through shared memory, hosts
+    // through Gloo; the rest (and every barrier) stays on the full Gloo.
+    // Ranks on other hosts: groups of one rank per host over Gloo of their
+    // own, for the hierarchical path.
+    GroupFactory make_group = [gloo, shared_store](const std::string& prefix, int rank,
+                                                   int world_size) {
+      GlooOptions group = gloo;
+      group.prefix = prefix;
+      return CreateGlooCollective(*shared_store, rank, world_size, group);
+    };
+    collective = CreateLocalShmCollective(
+        std::move(*collective), shared_store,
+        {.prefix = absl::StrCat("shm/", config.cluster_id, suffix),
+         .lookup_timeout = gloo.timeout,
+         .make_group = std::move(make_group)});
   }
   return collective;
 }

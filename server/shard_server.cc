@@ -356,6 +356,10 @@ void ShardServer::AttachCollective(std::unique_ptr<Collective> collective,
 void ShardServer::InstallLocked(std::unique_ptr<Collective> collective,
                                 std::shared_ptr<KvStore> store, int64_t epoch) {
   collective_ = std::move(collective);
+  if (collective_ != nullptr) {
+    absl::MutexLock l(&stats_mu_);
+    collectives_ = collective_->Describe();
+  }
   epoch_ = epoch;
   epoch_seen_.store(epoch, std::memory_order_relaxed);
   last_round_ = 0;
@@ -694,6 +698,7 @@ absl::StatusOr<v1::StepResponse> ShardServer::Step(const v1::StepRequest& req) {
     }
     recent_.push_back(resp);
     if (recent_.size() > kRecentSteps) recent_.pop_front();
+    collectives_ = collective_->Describe();  // the path is chosen at the first step
   }
   const int every = options_.checkpoint.every;
   if (checkpointer_ && every > 0 && req.step() % every == 0) {

@@ -188,6 +188,7 @@ class ShardServer {
   // it; -1: none.
   int64_t rewound_to_ ABSL_GUARDED_BY(step_mu_) = -1;
   std::string restored_from_ ABSL_GUARDED_BY(stats_mu_);
+  std::string collectives_ ABSL_GUARDED_BY(stats_mu_);  // collective_->Describe()
   const std::shared_ptr<StepRunner> runner_ ABSL_PT_GUARDED_BY(step_mu_);
 
   // Step bookkeeping; written under step_mu_, read by Status under stats_mu_.

@@ -61,6 +61,7 @@ v1::StatusResponse ShardServer::Status() const {
   r.set_address(address_);
   r.set_unhealthy_reason(unhealthy_reason_);
   r.set_restored_from(restored_from_);
+  r.set_collectives(collectives_);
   if (m != nullptr) {
     v1::ModelSummary* s = r.mutable_model();
     s->set_name(m->spec().name);

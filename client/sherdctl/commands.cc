@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -125,6 +127,19 @@ int RunStatus(const GlobalOptions& g) {
   }
   std::printf("inline data plane: %s received, %s sent (shared-memory trainers copy nothing)\n",
               HumanBytes(in).c_str(), HumanBytes(out).c_str());
+  // How the ranks' collectives move data (chosen at the first step).
+  std::map<std::string, std::vector<std::string>> paths;
+  for (size_t r = 0; r < replies.size(); ++r) {
+    if (errors[r].ok() && !replies[r].collectives().empty()) {
+      paths[replies[r].collectives()].push_back(absl::StrCat(r));
+    }
+  }
+  for (const auto& [path, ranks] : paths) {
+    std::printf("collectives%s: %s\n",
+                paths.size() == 1 ? ""
+                                  : absl::StrCat(" on rank(s) ", absl::StrJoin(ranks, ", ")).c_str(),
+                path.c_str());
+  }
   int64_t epoch = 0;
   std::string rewound;
   for (size_t r = 0; r < replies.size(); ++r) {

@@ -48,6 +48,11 @@ class Collective {
   // Every rank must advise the same keys in the same order.
   virtual void AdviseSharedBuffer(const std::string& key, float* buf,
                                   const std::string& shm_name, size_t bytes) {}
+
+  // How this backend moves data, for `sherdctl status` ("gloo over TCP",
+  // "shared memory within 2 hosts of 2 ranks, gloo across"). Unlike the
+  // operations, safe to call from any thread while another drives them.
+  virtual std::string Describe() const = 0;
 };
 
 }  // namespace sherd

@@ -13,6 +13,7 @@ class SingleRankCollective final : public Collective {
  public:
   int rank() const override { return 0; }
   int world_size() const override { return 1; }
+  std::string Describe() const override { return "single rank (no collectives)"; }
 
   absl::Status ReduceScatter(float* buf, int64_t chunk) override {
     return internal::CheckChunkArgs("ReduceScatter", buf, chunk, 1);

@@ -31,6 +31,7 @@ class StagedCollective final : public Collective {
       : inner_(std::move(inner)) {}
   int rank() const override { return inner_->rank(); }
   int world_size() const override { return inner_->world_size(); }
+  std::string Describe() const override { return "staged " + inner_->Describe(); }
   absl::Status ReduceScatter(float* buf, int64_t chunk) override {
     return Staged(buf, chunk, &Collective::ReduceScatter);
   }

@@ -20,6 +20,7 @@ class ScriptedCollective : public Collective {
   bool fail_all_gather = false;
   int rank() const override { return 0; }
   int world_size() const override { return 2; }
+  std::string Describe() const override { return "scripted"; }
   absl::Status ReduceScatter(float*, int64_t) override { return absl::OkStatus(); }
   absl::Status AllGather(float*, int64_t) override {
     if (fail_all_gather) return absl::UnavailableError("peer lost");

@@ -39,6 +39,7 @@ class GlooCollective final : public Collective {
 
   int rank() const override { return rank_; }
   int world_size() const override { return world_size_; }
+  std::string Describe() const override { return "gloo over TCP"; }
 
   absl::Status ReduceScatter(float* buf, int64_t chunk) override;
   absl::Status AllGather(float* buf, int64_t chunk) override;

@@ -34,6 +34,7 @@ class NcclCollective final : public Collective {
 
   int rank() const override { return rank_; }
   int world_size() const override { return world_size_; }
+  std::string Describe() const override { return "nccl"; }
   absl::Status ReduceScatter(float* buf, int64_t chunk) override;
   absl::Status AllGather(float* buf, int64_t chunk) override;
   absl::Status AllReduce(std::span<double> values) override;
