@@ -120,6 +120,9 @@ void ClusterFormation::Start() {
     JoinOptions join{.cluster_id = config.cluster_id,
                      .incarnation = absl::StrFormat("%016x", absl::Uniform<uint64_t>(gen))};
     const std::string coordinator = config.rank == 0 ? address : config.coordinator;
+    // Rank 0's incarnation, before any rank can complete its join: the
+    // others tell a restarted rank 0 by a different value here.
+    if (table->is_coordinator()) (void)table->Set(kCoordinatorKey, join.incarnation);
     absl::StatusOr<PeerList> peers =
         FormCluster(*table, coordinator, address, absl::Seconds(config.join_timeout_s), join);
     if (!peers.ok()) {
@@ -162,17 +165,77 @@ void ClusterFormation::Start() {
             ? store
             : std::make_shared<RemoteKvStore>(
                   coordinator, RemoteKvOptions{.unavailable_retry = absl::ZeroDuration()});
+    // A restarted rank 0 (same address, empty store): this rank joins it
+    // again, saying which epoch it was at; the cluster re-forms past every
+    // such epoch and every rank rewinds, as for any replaced rank.
+    auto rejoin_restarted_coordinator = [&]() -> bool {
+      SHERD_LOG(Warning, "rank 0 at %s was restarted: joining it again (was at membership "
+                "epoch %d)", coordinator, epoch);
+      {
+        absl::MutexLock l(&state->mu);
+        if (state->shard == nullptr) return true;
+        state->shard->MarkUnhealthy("rank 0 was restarted: the cluster is re-forming");
+      }
+      JoinOptions again = join;
+      again.rejoining = true;
+      again.epoch = epoch;
+      int64_t formed = 0;
+      absl::StatusOr<PeerList> peers =
+          JoinCluster(coordinator, config.rank, config.world_size, address,
+                      absl::Seconds(config.join_timeout_s), again, &formed);
+      if (!peers.ok()) {
+        SHERD_LOG(Warning, "joining the restarted rank 0: %s", peers.status().message());
+        return false;
+      }
+      (void)table->Adopt(*peers, formed);
+      epoch = formed;
+      absl::StatusOr<std::unique_ptr<Collective>> collective =
+          ConnectCollectives(config, address, *store, store, epoch);
+      absl::MutexLock l(&state->mu);
+      if (state->shard == nullptr) return true;
+      if (!collective.ok()) {
+        state->shard->MarkUnhealthy(absl::StrCat("rebuilding the collectives for epoch ", epoch,
+                                                 ": ", collective.status().message()));
+        RetryInNextEpoch(*store, config.rank, epoch);
+        return true;
+      }
+      (void)state->shard->Rejoin(std::move(*collective), store, epoch);
+      return true;
+    };
     // Rank 0 unreachable: said once, after 5 s (at shutdown rank 0 often
     // closes a moment before the others do, which is no news).
     int unreachable = 0;
+    std::string coordinator_id;            // rank 0's incarnation, as first read
+    bool check_coordinator = !table->is_coordinator();
+    int polls = 0;
     while (!stopping()) {
+      // After rank 0 was unreachable, and every 10 polls: is it the same?
+      if (!table->is_coordinator() && (check_coordinator || ++polls % 10 == 0)) {
+        absl::StatusOr<std::string> id = watch->Get(kCoordinatorKey, absl::ZeroDuration());
+        const bool missing = absl::IsDeadlineExceeded(id.status()) || absl::IsNotFound(id.status());
+        if (id.ok() && coordinator_id.empty()) {
+          coordinator_id = *id;
+          check_coordinator = false;
+        } else if ((id.ok() && *id != coordinator_id) || (missing && !coordinator_id.empty())) {
+          if (rejoin_restarted_coordinator()) {
+            coordinator_id.clear();  // the new one's, read next
+            check_coordinator = true;
+          } else {
+            absl::SleepFor(absl::Seconds(1));
+          }
+          continue;
+        } else if (id.ok()) {
+          check_coordinator = false;
+        }
+      }
       absl::StatusOr<std::string> replaced = watch->Get(EpochKey(epoch + 1), absl::Seconds(1));
       if (absl::IsDeadlineExceeded(replaced.status())) continue;
       if (!replaced.ok()) {
         if (++unreachable == 5 && !stopping()) {
-          SHERD_LOG(Warning, "cannot watch for replaced ranks: %s (rank 0 lost? the cluster "
-                    "then needs a restart)", replaced.status().message());
+          SHERD_LOG(Warning, "cannot watch for replaced ranks: %s (rank 0 lost? restart it at "
+                    "the same address)", replaced.status().message());
         }
+        check_coordinator = true;
         absl::SleepFor(absl::Seconds(1));
         continue;
       }

@@ -94,6 +94,24 @@ absl::Status PeerTable::CheckJoinLocked(const JoinArgs& a) const {
   return absl::OkStatus();
 }
 
+void PeerTable::StartPastRejoinersLocked() {
+  // Ranks of a cluster whose rank 0 was restarted: the new table's epoch
+  // goes past all of theirs, so that every rank, this one included, treats
+  // the formation as a rebuild and rewinds to the newest checkpoint.
+  bool rejoined = false;
+  int64_t past = epoch_;
+  for (const auto& [rank, m] : members_) {
+    if (!m.rejoining) continue;
+    rejoined = true;
+    past = std::max(past, m.epoch);
+  }
+  if (!rejoined) return;
+  epoch_ = past + 1;
+  kv_[EpochKey(epoch_)] = absl::StrCat("0 ", members_.at(0).address);
+  SHERD_LOG(Warning, "rank 0 was restarted: the cluster re-formed at membership epoch %d",
+            epoch_);
+}
+
 std::string EpochKey(int64_t epoch) { return absl::StrCat("cluster/epoch/", epoch); }
 
 void PeerTable::SetLivenessProbe(std::function<bool(const std::string&, int)> probe) {
@@ -154,9 +172,16 @@ absl::StatusOr<PeerList> PeerTable::Join(const JoinArgs& args,
     it->second.address = args.address;
     it->second.cluster_id = args.cluster_id;
     it->second.incarnation = args.incarnation;
-    SHERD_LOG(Info, "rank %d joined from %s (%d of %d)", args.rank,
-              args.address, members_.size(), world_size_);
-    if (CompleteLocked()) SHERD_LOG(Info, "cluster complete");
+    it->second.rejoining = args.rejoining;
+    it->second.epoch = args.epoch;
+    SHERD_LOG(Info, "rank %d joined from %s (%d of %d)%s", args.rank,
+              args.address, members_.size(), world_size_,
+              args.rejoining ? absl::StrCat(", rejoining from membership epoch ", args.epoch)
+                             : std::string());
+    if (CompleteLocked()) {
+      SHERD_LOG(Info, "cluster complete");
+      StartPastRejoinersLocked();
+    }
   }
   if (CompleteLocked()) return PeersLocked();
 
@@ -318,7 +343,7 @@ grpc::Status PeerService::Join(grpc::ServerContext* context,
                                v1::JoinResponse* resp) {
   SHERD_ADMIT_OR_RETURN(inflight_);
   JoinArgs args{req->rank(), req->world_size(), req->address(),
-                req->cluster_id(), req->incarnation()};
+                req->cluster_id(), req->incarnation(), req->rejoining(), req->epoch()};
   absl::StatusOr<PeerList> peers = table_.Join(args, WaitDeadline(*context));
   if (!peers.ok()) return ToGrpcStatus(peers.status());
   internal::PeersToProto(*peers, resp->mutable_peers());

@@ -53,7 +53,13 @@ struct JoinArgs {
   std::string address;
   std::string cluster_id;  // empty: any
   std::string incarnation;  // empty: unknown (no replacement at one address)
+  bool rejoining = false;   // rank 0 was restarted; this rank was at `epoch`
+  int64_t epoch = 0;
 };
+
+// The store key where rank 0 keeps its incarnation: a rank that finds
+// another value (or none) there is talking to a restarted rank 0.
+inline constexpr char kCoordinatorKey[] = "cluster/coordinator";
 
 // The store key that announces membership epoch `epoch` (>= 1); its value
 // is "<rank> <address>" of the replacement.
@@ -120,12 +126,15 @@ class PeerTable final : public KvStore {
     std::string address;
     std::string cluster_id;
     std::string incarnation;
+    bool rejoining = false;  // JoinArgs
+    int64_t epoch = 0;
     int waiting = 0;  // Join calls for this rank now blocked
   };
 
   // Join of a rank's new incarnation into the complete table.
   absl::StatusOr<PeerList> Replace(const JoinArgs& args, const std::string& old_address,
                                    const std::function<bool(const std::string&, int)>& alive);
+  void StartPastRejoinersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CheckJoinLocked(const JoinArgs& args) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string EffectiveClusterIdLocked() const

@@ -95,6 +95,8 @@ absl::StatusOr<PeerList> JoinCluster(const std::string& coordinator_address,
   req.set_address(my_address);
   req.set_cluster_id(options.cluster_id);
   req.set_incarnation(options.incarnation);
+  req.set_rejoining(options.rejoining);
+  req.set_epoch(options.epoch);
   Backoff backoff(options.initial_backoff, options.max_backoff);
   absl::Status last_unavailable;
   for (int attempt = 1;; ++attempt) {
@@ -140,7 +142,8 @@ absl::StatusOr<PeerList> FormCluster(PeerTable& table,
                                      absl::Duration deadline,
                                      const JoinOptions& options) {
   if (table.is_coordinator()) {
-    JoinArgs args{0, table.world_size(), my_address, options.cluster_id, options.incarnation};
+    JoinArgs args{0, table.world_size(), my_address, options.cluster_id, options.incarnation,
+                  options.rejoining, options.epoch};
     absl::StatusOr<PeerList> peers = table.Join(args, absl::Now() + deadline);
     if (peers.status().code() == absl::StatusCode::kDeadlineExceeded) {
       // Same contract as JoinCluster: an incomplete cluster is UNAVAILABLE.

@@ -33,6 +33,8 @@ namespace sherd {
 struct JoinOptions {
   std::string cluster_id;  // empty: any
   std::string incarnation;  // this server process's (JoinRequest)
+  bool rejoining = false;   // JoinRequest.rejoining / epoch
+  int64_t epoch = 0;
   // Backoff between attempts while the coordinator is unreachable: doubles
   // from initial to max, each sleep drawn uniformly from [d/2, d] so that a
   // whole cluster starting at once does not retry in lock step.

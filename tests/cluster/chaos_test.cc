@@ -8,10 +8,10 @@
 // be exactly 1,000 (no step applied twice, none lost), and no rewind may go
 // back past a checkpoint that had committed before the failure.
 //
-// What it does not do: kill rank 0 (its store is the cluster's; losing it
-// needs a restart of every server, docs/design.md), or SIGKILL trainer
-// processes (trainers are threads here; one "dies" by dropping its client
-// between steps).
+// Rank 0 is killed too; it restarts at its own address (the others'
+// --coordinator), the rest at a new port. What it does not do: SIGKILL
+// trainer processes (trainers are threads here; one "dies" by dropping its
+// client between steps).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -191,6 +191,7 @@ TEST(Chaos, KillsAndRestartsNeverApplyAStepTwiceNorLoseACommittedOne) {
   // thread that started them.
   std::mt19937 rng(20261207);
   int server_kills = 0, trainer_drops = 0;
+  std::vector<int> victims(kWorld, 0);
   const absl::Time start = absl::Now();
   auto min_done = [&] {
     int64_t m = kSteps;
@@ -206,16 +207,19 @@ TEST(Chaos, KillsAndRestartsNeverApplyAStepTwiceNorLoseACommittedOne) {
       ++trainer_drops;
       continue;
     }
-    // SIGKILL a server other than rank 0 and restart it at a new port.
-    const int victim = std::uniform_int_distribution<int>(1, kWorld - 1)(rng);
+    // SIGKILL a server and restart it: rank 0 at its address, the others
+    // at a new port.
+    const int victim = std::uniform_int_distribution<int>(0, kWorld - 1)(rng);
     sh.committed_at_failure = NewestCommitted(dir);
     cluster->servers()[victim].process().Signal(SIGKILL);
     ASSERT_TRUE(cluster->servers()[victim].process().Wait(absl::Seconds(10)).ok());
     ++server_kills;
     std::vector<std::string> f = flags;
-    f.insert(f.end(), {"--rank", std::to_string(victim), "--world-size",
-                       std::to_string(kWorld), "--coordinator", cluster->address(0)});
-    auto restarted = testing::ServerProcess::Start(f);
+    f.insert(f.end(), {"--rank", std::to_string(victim), "--world-size", std::to_string(kWorld)});
+    if (victim > 0) f.insert(f.end(), {"--coordinator", cluster->address(0)});
+    auto restarted = victim == 0 ? testing::ServerProcess::Start(f, cluster->address(0))
+                                 : testing::ServerProcess::Start(f);
+    victims[victim]++;
     ASSERT_TRUE(restarted.ok()) << restarted.status();
     {
       std::lock_guard<std::mutex> l(sh.mu);
@@ -240,6 +244,9 @@ TEST(Chaos, KillsAndRestartsNeverApplyAStepTwiceNorLoseACommittedOne) {
               static_cast<long long>(sh.replayed_steps.load()), sh.lost_commits.load());
   ASSERT_TRUE(finished) << "training did not reach step " << kSteps << " within "
                         << absl::FormatDuration(kBudget) << " (min step " << min_done() << ")";
+  std::printf("server kills by rank:");
+  for (int r = 0; r < kWorld; ++r) std::printf(" %d", victims[r]);
+  std::printf("\n");
   EXPECT_GT(server_kills, 0);
   EXPECT_EQ(sh.lost_commits, 0) << "a rewind went back past a committed checkpoint";
   // Every rank applied exactly kSteps steps on the final timeline.

@@ -3,6 +3,8 @@
 // checkpoint is refused, never loaded.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -364,6 +366,72 @@ TEST_F(CheckpointTest, AKilledRankRestartedRejoinsAndEveryRankRewinds) {
   t.Steps(8);
   EXPECT_EQ(t.Params(), reference);
   auto status = RunProgram({SHERDCTL_BIN, "--server", cluster->address(0), "status"});
+  EXPECT_EQ(status.out.find("NOT_SERVING"), std::string::npos) << status.out;
+  EXPECT_NE(status.out.find("membership epoch 1: ranks were replaced and the cluster rewound to "
+                            "ckpt-000000000004"),
+            std::string::npos)
+      << status.out;
+  EXPECT_TRUE(cluster->Stop());
+}
+
+// Rank 0 too (issue 13): killed and restarted at its address, with an
+// empty store, it is joined again by the survivors, which say what epoch
+// they were at; the cluster re-forms past it, and every rank rewinds to the
+// newest checkpoint, with no restart of the survivors.
+TEST_F(CheckpointTest, AKilledRankZeroRestartedAtItsAddressIsRejoinedAndEveryRankRewinds) {
+  constexpr int kWorld = 3;
+  std::vector<float> reference;
+  {  // The same 8 steps, without a failure.
+    auto cluster = ClusterProcess::Start(kWorld, Flags("none"));
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    Trainers t(*cluster, kWorld);
+    t.Steps(8);
+    reference = t.Params();
+    EXPECT_TRUE(cluster->Stop());
+    fs::remove_all(dir_);
+  }
+  const std::vector<std::string> flags = {"--checkpoint-dir", dir_.string(),
+                                          "--checkpoint-every", "2", "--restore", "none",
+                                          "--collective-timeout", "4"};
+  auto cluster = ClusterProcess::Start(kWorld, flags);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  {
+    Trainers t(*cluster, kWorld);
+    t.Steps(5);  // checkpoints of steps 2 and 4
+  }
+  for (int i = 0; i < 100 && !fs::exists(dir_ / "ckpt-000000000004" / "MANIFEST"); ++i)
+    absl::SleepFor(absl::Milliseconds(50));
+  ASSERT_TRUE(fs::exists(dir_ / "ckpt-000000000004" / "MANIFEST"));
+  const std::string address0 = cluster->address(0);
+  cluster->servers()[0].process().Signal(SIGKILL);
+  ASSERT_TRUE(cluster->servers()[0].process().Wait(absl::Seconds(10)).ok());
+  std::vector<std::string> f0 = flags;
+  f0.insert(f0.end(), {"--rank", "0", "--world-size", std::to_string(kWorld)});
+  const absl::Time restart = absl::Now();
+  auto restarted = testing::ServerProcess::Start(f0, address0);
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  cluster->servers()[0] = std::move(*restarted);
+  // Every trainer re-registers until all see the step to continue from.
+  bool together = false;
+  for (int i = 0; i < 300 && !together; ++i) {
+    std::vector<int64_t> next(kWorld, -1);
+    for (int r = 0; r < kWorld; ++r) {
+      auto c = Client::Connect(cluster->address(r));
+      if (!c.ok()) break;
+      auto info = (*c)->Register(Model());
+      if (info.ok()) next[r] = info->next_step;
+    }
+    together = std::all_of(next.begin(), next.end(), [](int64_t n) { return n == 5; });
+    if (!together) absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(together) << "the ranks never rewound together to ckpt-4";
+  Trainers t(*cluster, kWorld);
+  t.Steps(5);
+  std::printf("restart of rank 0 to the first step after it: %.2f s\n",
+              absl::ToDoubleSeconds(absl::Now() - restart));
+  t.Steps(8);
+  EXPECT_EQ(t.Params(), reference);
+  auto status = RunProgram({SHERDCTL_BIN, "--server", cluster->address(1), "status"});
   EXPECT_EQ(status.out.find("NOT_SERVING"), std::string::npos) << status.out;
   EXPECT_NE(status.out.find("membership epoch 1: ranks were replaced and the cluster rewound to "
                             "ckpt-000000000004"),

@@ -136,6 +136,39 @@ TEST(Join, RankOutOfRangeIsInvalid) {
             grpc::StatusCode::INVALID_ARGUMENT);
 }
 
+// A restarted rank 0 (empty table): the survivors join it again, saying
+// which epoch they were at, and the new table starts past all of them and
+// announces it, so every rank rewinds. A fresh formation stays at epoch 0.
+TEST(Join, RanksRejoiningARestartedRankZeroPutTheTablePastTheirEpochs) {
+  RankServer rank0(0, 3);
+  std::vector<int64_t> epochs(3, -1);
+  std::vector<std::thread> joiners;
+  for (int r : {1, 2}) {
+    joiners.emplace_back([&, r] {
+      JoinOptions o{.rejoining = true, .epoch = r == 1 ? 4 : 2};
+      auto p = JoinCluster(rank0.address(), r, 3, absl::StrCat("s:", r), kLong, o, &epochs[r]);
+      EXPECT_TRUE(p.ok()) << p.status();
+    });
+  }
+  ASSERT_TRUE(FormCluster(rank0.table(), "", "z:0", kLong).ok());
+  for (std::thread& t : joiners) t.join();
+  EXPECT_EQ(epochs[1], 5);
+  EXPECT_EQ(epochs[2], 5);
+  EXPECT_EQ(rank0.table().GetSnapshot().epoch, 5);
+  auto announced = rank0.table().Get(EpochKey(5), absl::ZeroDuration());
+  ASSERT_TRUE(announced.ok()) << announced.status();
+  EXPECT_EQ(*announced, "0 z:0");
+
+  RankServer fresh(0, 2);
+  int64_t epoch = -1;
+  std::thread joiner([&] {
+    EXPECT_TRUE(JoinCluster(fresh.address(), 1, 2, "s:1", kLong, {}, &epoch).ok());
+  });
+  ASSERT_TRUE(FormCluster(fresh.table(), "", "z:0", kLong).ok());
+  joiner.join();
+  EXPECT_EQ(epoch, 0);
+}
+
 TEST(Join, RankHeldByAnotherAddressIsRefusedAndSameAddressMayRejoin) {
   RankServer rank0(0, 3);
   // Two joins for rank 1 from the same address (a retry whose first call is
