@@ -1,33 +1,33 @@
-// The chaos run of issue 13: W = 4 shard servers and 4 trainers train 1,000
-// steps while servers are SIGKILLed at random and restarted (at a new
-// port), and trainers drop their connection at random and come back. Every
-// recovery rewinds the whole cluster to its newest complete checkpoint, so
-// the final params must equal those of a run without failures (the
-// gradients depend on the step id only: replaying a step after a rewind
-// applies exactly what the first try applied), the applied-step count must
-// be exactly 1,000 (no step applied twice, none lost), and no rewind may go
-// back past a checkpoint that had committed before the failure.
-//
-// Rank 0 is killed too; it restarts at its own address (the others'
-// --coordinator), the rest at a new port. What it does not do: SIGKILL
-// trainer processes (trainers are threads here; one "dies" by dropping its
-// client between steps).
+// The chaos run of issue 13: W = 4 shard servers and 4 trainer processes
+// train 1,000 steps while servers and trainers are SIGKILLed at random and
+// restarted (rank 0 at its address, the other servers at a new port).
+// Every server loss rewinds the whole cluster to its newest complete
+// checkpoint, so the final params must equal those of a run without
+// failures (the gradients depend on the step id only: replaying a step
+// after a rewind applies exactly what the first try applied), the
+// applied-step count must be exactly 1,000 (no step applied twice, none
+// lost), and no rewind may go back past a checkpoint that had committed
+// before the failure. The trainers are chaos_trainer processes; the test
+// talks to them through files (chaos_trainer.cc says which).
 #include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <mutex>
+#include <fstream>
 #include <random>
-#include <signal.h>
 #include <thread>
-#include <unistd.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
+#include "tests/cluster/chaos_model.h"
 #include "tests/testing/process.h"
 #include "tests/testing/trainers.h"
 
@@ -37,17 +37,9 @@ namespace {
 namespace fs = std::filesystem;
 using testing::ClusterProcess;
 
-constexpr int kWorld = 4;
-constexpr int kSteps = 1000;
+using chaos::kSteps;
+using chaos::kWorld;
 constexpr absl::Duration kBudget = absl::Minutes(6);  // the test's time bound
-
-ModelDef Model() {
-  return ModelDef{.name = "chaos",
-                  .tensors = {{"w", {64, 48}, ""}, {"b", {48}, "nd"}, {"v", {517}, ""}},
-                  .groups = {{.name = "nd", .weight_decay = 0.0f}}};
-}
-
-float Grad(int64_t step, size_t i) { return std::sin(0.05 * i + 0.3 * step) * 0.25f; }
 
 // Newest committed checkpoint step in `dir` (0: none).
 int64_t NewestCommitted(const fs::path& dir) {
@@ -61,78 +53,65 @@ int64_t NewestCommitted(const fs::path& dir) {
   return newest;
 }
 
-struct Shared {
-  std::mutex mu;
-  std::vector<std::string> address;            // per rank; changes on restart
-  std::vector<std::atomic<int64_t>> done = std::vector<std::atomic<int64_t>>(kWorld);
-  std::vector<std::atomic<bool>> drop = std::vector<std::atomic<bool>>(kWorld);
-  std::atomic<bool> stop{false};
-  // Rewinds the trainers saw (a Register answering a step below the one
-  // they were at), and the newest committed checkpoint when the failure
-  // that caused it happened.
-  std::atomic<int64_t> committed_at_failure{0};
-  std::atomic<int> rewinds{0};
-  std::atomic<int> lost_commits{0};
-  std::atomic<int> reconnects{0};
-  std::atomic<int64_t> replayed_steps{0};
-  std::string address_of(int r) {
-    std::lock_guard<std::mutex> l(mu);
-    return address[r];
+// The files through which the test and its trainer processes talk.
+class Control {
+ public:
+  explicit Control(fs::path dir) : dir_(std::move(dir)) {
+    fs::create_directories(dir_);
+    Write("committed", "0");
+    for (int r = 0; r < kWorld; ++r) {
+      const std::string path = (dir_ / absl::StrCat("done.", r)).string();
+      const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644);
+      EXPECT_GE(fd, 0) << path;
+      EXPECT_EQ(ftruncate(fd, sizeof(int64_t)), 0);
+      void* m = mmap(nullptr, sizeof(int64_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+      EXPECT_NE(m, MAP_FAILED);
+      close(fd);
+      done_.push_back(static_cast<std::atomic<int64_t>*>(m));
+    }
   }
-};
+  ~Control() {
+    for (auto* d : done_) munmap(d, sizeof(int64_t));
+  }
+  // Atomically (a rename): a trainer never reads half a file.
+  void Write(const std::string& name, const std::string& value) {
+    const fs::path tmp = dir_ / (name + ".tmp");
+    std::ofstream(tmp) << value << "\n";
+    fs::rename(tmp, dir_ / name);
+  }
+  void SetAddress(int r, const std::string& a) { Write(absl::StrCat("address.", r), a); }
+  int64_t Done(int r) const { return done_[r]->load(); }
+  int64_t MinDone() const {
+    int64_t m = kSteps;
+    for (int r = 0; r < kWorld; ++r) m = std::min(m, Done(r));
+    return m;
+  }
+  struct Counts {
+    int rewinds = 0, past_commit = 0;
+    int64_t replayed = 0;
+  };
+  Counts Events() const {
+    Counts c;
+    for (int r = 0; r < kWorld; ++r) {
+      std::ifstream f(dir_ / absl::StrCat("events.", r));
+      std::string word;
+      int64_t from, to, past;
+      while (f >> word >> from >> to >> past) {
+        ++c.rewinds;
+        c.replayed += from - to;
+        c.past_commit += past;
+      }
+    }
+    return c;
+  }
+  absl::StatusOr<testing::Process> StartTrainer(int r) {
+    return testing::Process::Start({CHAOS_TRAINER_BIN, dir_.string(), std::to_string(r)});
+  }
 
-// One trainer: steps until kStep, re-registering after any failure to
-// learn the step the cluster continues from.
-void Trainer(int rank, Shared& sh, std::vector<float>* final_params) {
-  std::unique_ptr<Client> c;
-  int64_t next = 1;  // the step this trainer will send
-  while (!sh.stop && next <= kSteps) {
-    if (sh.drop[rank].exchange(false)) {
-      c.reset();  // the trainer "dies" and comes back
-      ++sh.reconnects;
-    }
-    if (c == nullptr) {
-      auto made = Client::Connect(sh.address_of(rank));
-      if (!made.ok()) {
-        absl::SleepFor(absl::Milliseconds(100));
-        continue;
-      }
-      auto info = (*made)->Register(Model());
-      if (!info.ok()) {
-        absl::SleepFor(absl::Milliseconds(100));
-        continue;
-      }
-      c = std::move(*made);
-      if (!info->initialized) {
-        size_t k = 0;
-        for (const auto& t : Model().tensors)
-          for (float& x : c->Param(t.name)) x = std::cos(0.1 * k++);
-        if (!c->InitParams().ok()) {
-          c.reset();
-          continue;
-        }
-      }
-      if (info->next_step < next) {
-        ++sh.rewinds;
-        sh.replayed_steps += next - info->next_step;
-        if (info->next_step - 1 < sh.committed_at_failure) ++sh.lost_commits;
-      }
-      next = info->next_step;
-    }
-    size_t k = 0;
-    for (const auto& t : Model().tensors)
-      for (float& g : c->Grad(t.name)) g = Grad(next, k++);
-    auto r = c->Step({.lr = 0.01f});
-    if (!r.ok()) {
-      c.reset();  // re-register: the cluster may have rewound
-      absl::SleepFor(absl::Milliseconds(50));
-      continue;
-    }
-    sh.done[rank] = next;
-    ++next;
-  }
-  if (rank == 0 && c != nullptr) *final_params = testing::FlatParams(*c, Model());
-}
+ private:
+  fs::path dir_;
+  std::vector<std::atomic<int64_t>*> done_;
+};
 
 std::vector<float> Reference() {
   auto cluster = ClusterProcess::Start(kWorld, {});
@@ -145,19 +124,15 @@ std::vector<float> Reference() {
     ts.emplace_back([&, r] {
       auto c = Client::Connect(cluster->address(r));
       ASSERT_TRUE(c.ok());
-      ASSERT_TRUE((*c)->Register(Model()).ok());
-      size_t k = 0;
-      for (const auto& t : Model().tensors)
-        for (float& x : (*c)->Param(t.name)) x = std::cos(0.1 * k++);
+      ASSERT_TRUE((*c)->Register(chaos::Model()).ok());
+      chaos::InitialParams(**c);
       ASSERT_TRUE((*c)->InitParams().ok());
       for (int64_t s = 1; s <= kSteps; ++s) {
-        size_t i = 0;
-        for (const auto& t : Model().tensors)
-          for (float& g : (*c)->Grad(t.name)) g = Grad(s, i++);
+        chaos::Grads(**c, s);
         auto st = (*c)->Step({.lr = 0.01f});
         ASSERT_TRUE(st.ok()) << st.status();
       }
-      if (r == 0) out = testing::FlatParams(**c, Model());
+      if (r == 0) out = testing::FlatParams(**c, chaos::Model());
     });
   }
   for (auto& t : ts) t.join();
@@ -180,83 +155,93 @@ TEST(Chaos, KillsAndRestartsNeverApplyAStepTwiceNorLoseACommittedOne) {
                                           "--collective-timeout", "3"};
   auto cluster = ClusterProcess::Start(kWorld, flags);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
-  Shared sh;
-  for (int r = 0; r < kWorld; ++r) sh.address.push_back(cluster->address(r));
-  std::vector<float> final_params;
-  std::vector<std::thread> trainers;
+  Control ctl(dir / "ctl");
+  std::vector<testing::Process> trainers;
   for (int r = 0; r < kWorld; ++r) {
-    trainers.emplace_back([&, r] { Trainer(r, sh, &final_params); });
+    ctl.SetAddress(r, cluster->address(r));
+    auto t = ctl.StartTrainer(r);
+    ASSERT_TRUE(t.ok()) << t.status();
+    trainers.push_back(std::move(*t));
   }
-  // The chaos runs on this thread: the servers it starts die with the
+  // The chaos runs on this thread: the processes it starts die with the
   // thread that started them.
   std::mt19937 rng(20261207);
-  int server_kills = 0, trainer_drops = 0;
+  int server_kills = 0, trainer_kills = 0;
   std::vector<int> victims(kWorld, 0);
   const absl::Time start = absl::Now();
-  auto min_done = [&] {
-    int64_t m = kSteps;
-    for (int r = 0; r < kWorld; ++r) m = std::min<int64_t>(m, sh.done[r]);
-    return m;
+  // Let training get going again before the next failure.
+  auto let_it_run = [&] {
+    const int64_t at = ctl.MinDone();
+    for (const absl::Time until = absl::Now() + absl::Seconds(60);
+         ctl.MinDone() <= at + 5 && ctl.MinDone() < kSteps && absl::Now() < until;) {
+      absl::SleepFor(absl::Milliseconds(50));
+    }
   };
-  while (min_done() < kSteps && absl::Now() - start < kBudget) {
+  while (ctl.MinDone() < kSteps && absl::Now() - start < kBudget) {
     absl::SleepFor(absl::Milliseconds(std::uniform_int_distribution<int>(300, 1500)(rng)));
-    if (min_done() >= kSteps - 50) continue;  // let the last steps finish
+    if (ctl.MinDone() >= kSteps - 50) continue;  // let the last steps finish
     const int what = std::uniform_int_distribution<int>(0, 2)(rng);
     if (what == 0) {
-      sh.drop[std::uniform_int_distribution<int>(0, kWorld - 1)(rng)] = true;
-      ++trainer_drops;
+      // SIGKILL a trainer process (often inside a Step call) and restart it.
+      const int victim = std::uniform_int_distribution<int>(0, kWorld - 1)(rng);
+      trainers[victim].Signal(SIGKILL);
+      ASSERT_TRUE(trainers[victim].Wait(absl::Seconds(10)).ok());
+      ++trainer_kills;
+      auto t = ctl.StartTrainer(victim);
+      ASSERT_TRUE(t.ok()) << t.status();
+      trainers[victim] = std::move(*t);
+      let_it_run();
       continue;
     }
     // SIGKILL a server and restart it: rank 0 at its address, the others
     // at a new port.
     const int victim = std::uniform_int_distribution<int>(0, kWorld - 1)(rng);
-    sh.committed_at_failure = NewestCommitted(dir);
+    ctl.Write("committed", std::to_string(NewestCommitted(dir)));
     cluster->servers()[victim].process().Signal(SIGKILL);
     ASSERT_TRUE(cluster->servers()[victim].process().Wait(absl::Seconds(10)).ok());
     ++server_kills;
+    ++victims[victim];
     std::vector<std::string> f = flags;
     f.insert(f.end(), {"--rank", std::to_string(victim), "--world-size", std::to_string(kWorld)});
     if (victim > 0) f.insert(f.end(), {"--coordinator", cluster->address(0)});
     auto restarted = victim == 0 ? testing::ServerProcess::Start(f, cluster->address(0))
                                  : testing::ServerProcess::Start(f);
-    victims[victim]++;
     ASSERT_TRUE(restarted.ok()) << restarted.status();
-    {
-      std::lock_guard<std::mutex> l(sh.mu);
-      sh.address[victim] = restarted->address();
-    }
+    ctl.SetAddress(victim, restarted->address());
     cluster->servers()[victim] = std::move(*restarted);
-    // Let training get going again before the next failure.
-    const int64_t at = min_done();
-    for (const absl::Time until = absl::Now() + absl::Seconds(60);
-         min_done() <= at + 5 && min_done() < kSteps && absl::Now() < until;) {
-      absl::SleepFor(absl::Milliseconds(50));
+    let_it_run();
+  }
+  const bool finished = ctl.MinDone() >= kSteps;
+  const double chaos_s = absl::ToDoubleSeconds(absl::Now() - start);
+  for (int r = 0; r < kWorld; ++r) {
+    if (!finished) trainers[r].Signal(SIGKILL);
+    auto code = trainers[r].Wait(absl::Seconds(60));
+    if (finished) {
+      EXPECT_TRUE(code.ok() && *code == 0) << "trainer " << r << " did not finish";
     }
   }
-  const bool finished = min_done() >= kSteps;
-  sh.stop = !finished;
-  for (auto& t : trainers) t.join();
-  std::printf("chaos: %d steps on %d ranks in %.1f s: %d server kills, %d trainer drops, "
-              "%d trainer reconnects, %d rewinds seen by trainers (%lld steps replayed), "
-              "%d rewinds past a committed checkpoint\n",
-              kSteps, kWorld, absl::ToDoubleSeconds(absl::Now() - start), server_kills,
-              trainer_drops, sh.reconnects.load(), sh.rewinds.load(),
-              static_cast<long long>(sh.replayed_steps.load()), sh.lost_commits.load());
-  ASSERT_TRUE(finished) << "training did not reach step " << kSteps << " within "
-                        << absl::FormatDuration(kBudget) << " (min step " << min_done() << ")";
-  std::printf("server kills by rank:");
+  const Control::Counts events = ctl.Events();
+  std::printf("chaos: %d steps on %d ranks in %.1f s: %d server kills (by rank:", kSteps, kWorld,
+              chaos_s, server_kills);
   for (int r = 0; r < kWorld; ++r) std::printf(" %d", victims[r]);
-  std::printf("\n");
+  std::printf("), %d trainer kills, %d rewinds seen by trainers (%lld steps replayed), "
+              "%d rewinds past a committed checkpoint\n",
+              trainer_kills, events.rewinds, static_cast<long long>(events.replayed),
+              events.past_commit);
+  ASSERT_TRUE(finished) << "training did not reach step " << kSteps << " within "
+                        << absl::FormatDuration(kBudget) << " (min step " << ctl.MinDone() << ")";
   EXPECT_GT(server_kills, 0);
-  EXPECT_EQ(sh.lost_commits, 0) << "a rewind went back past a committed checkpoint";
+  EXPECT_EQ(events.past_commit, 0) << "a rewind went back past a committed checkpoint";
   // Every rank applied exactly kSteps steps on the final timeline.
+  std::vector<float> final_params;
   for (int r = 0; r < kWorld; ++r) {
     auto c = Client::Connect(cluster->address(r));
     ASSERT_TRUE(c.ok());
-    auto info = (*c)->Register(Model());
+    auto info = (*c)->Register(chaos::Model());
     ASSERT_TRUE(info.ok()) << info.status();
     EXPECT_EQ(info->next_step, kSteps + 1) << "rank " << r;
     EXPECT_EQ(info->adam_step, kSteps) << "rank " << r << ": steps applied twice or lost";
+    if (r == 0) final_params = testing::FlatParams(**c, chaos::Model());
   }
   EXPECT_EQ(final_params, reference) << "the final params differ from the run without failures";
   EXPECT_TRUE(cluster->Stop());
