@@ -6,6 +6,10 @@
 //   SHERD_FAILPOINTS=restore-commit@1      fail "restore-commit" on rank 1
 //   SHERD_FAILPOINTS=a@0,b@*               several; * is every rank
 //
+// The points: restore-commit (a live restore's COMMIT fails),
+// library-thread-throws (Register's answer is followed by an exception on a
+// thread the server does not own, as Gloo's I/O loop would throw).
+//
 // Unset (production), every failpoint is OK and costs one comparison. The
 // variable is read once, at the first failpoint reached; an armed point
 // logs when it fires.

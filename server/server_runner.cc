@@ -9,6 +9,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <exception>
 #include <fstream>
 #include <thread>
 
@@ -57,8 +59,35 @@ absl::StatusOr<GpuBackend> ResolveDevice(ServerConfig& config) {
   return b;
 }
 
+namespace {
+
+// An exception thrown on a thread that is not ours (Gloo's I/O loop checks
+// its peers' messages with exceptions) ends the process in std::terminate.
+// Say what was thrown, and take this server's shared-memory segments along
+// (a trainer that maps them keeps its mapping; the names go), instead of
+// leaving them for the next start to find.
+[[noreturn]] void OnTerminate() {
+  std::string what = "no exception in flight";
+  if (std::exception_ptr e = std::current_exception()) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      what = x.what();
+    } catch (...) {
+      what = "an exception of unknown type";
+    }
+  }
+  SHERD_LOG(Error, "fatal: uncaught exception (%s), most likely on a collective library's thread; "
+            "removing this server's shared memory and aborting", what);
+  (void)RemoveStaleSegments("/dev/shm", getpid());
+  std::abort();
+}
+
+}  // namespace
+
 absl::Status RunServer(const ServerConfig& given) {
   ServerConfig config = given;
+  std::set_terminate(OnTerminate);
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);

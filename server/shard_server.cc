@@ -1,6 +1,8 @@
 #include "server/shard_server.h"
 
 #include <cstring>
+#include <stdexcept>
+#include <thread>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -550,6 +552,10 @@ absl::StatusOr<v1::RegisterResponse> ShardServer::Register(
   };
   fill(m->params_region(), m->params_handle(), resp.mutable_params());
   fill(m->grads_region(), m->grads_handle(), resp.mutable_grads());
+  if (!Failpoint("library-thread-throws", options_.rank).ok()) {
+    // Test-only: what Gloo's I/O thread does when a check fails on it.
+    std::thread([] { throw std::runtime_error("failpoint library-thread-throws"); }).detach();
+  }
   return resp;
 }
 

@@ -5,8 +5,10 @@
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 
+#include <filesystem>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "client/client.h"
 #include "sherd/v1/admin.grpc.pb.h"
 #include "tests/testing/inspect.h"
@@ -180,6 +182,34 @@ TEST(Faults, StepRetriesWhileTheClusterForms) {
   EXPECT_GT(r0->retries, 0);
   EXPECT_EQ(*rank1->Stop(), 0);
   EXPECT_EQ(*rank0->Stop(), 0);
+}
+
+}  // namespace
+}  // namespace sherd
+
+namespace sherd {
+namespace {
+
+// An exception on a thread the server does not own (Gloo's I/O loop throws
+// when a peer's message fails its checks) ends the process; the server says
+// so and removes its shared memory instead of leaving it behind (issue 13,
+// defect 1). The test-only failpoint throws on such a thread.
+TEST(Faults, AnExceptionOnALibraryThreadAbortsAndLeavesNoSharedMemory) {
+  auto server = testing::ServerProcess::Start(
+      {}, "127.0.0.1:0", {"/usr/bin/env", "SHERD_FAILPOINTS=library-thread-throws@0"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const pid_t pid = server->process().pid();
+  auto c = Client::Connect(server->address());
+  ASSERT_TRUE(c.ok()) << c.status();
+  (void)(*c)->Register(Model());  // may or may not answer before the abort
+  auto code = server->process().Wait(absl::Seconds(30));
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 128 + SIGABRT);
+  // The env wrapper execs the server: its pid is the server's.
+  const std::string mine = absl::StrCat("sherd.", pid, ".");
+  for (const auto& e : std::filesystem::directory_iterator("/dev/shm")) {
+    EXPECT_NE(e.path().filename().string().rfind(mine, 0), 0u) << e.path() << " was left behind";
+  }
 }
 
 }  // namespace
