@@ -298,6 +298,19 @@ absl::StatusOr<CheckpointProgress> Client::CheckpointStatus() {
                             .restored_from = resp.restored_from()};
 }
 
+absl::StatusOr<ServerHealth> Client::Health() {
+  Impl& d = *impl_;
+  grpc::ClientContext ctx;
+  d.SetDeadline(ctx);
+  v1::StatusResponse resp;
+  RETURN_IF_ERROR(FromGrpcStatus(d.admin->Status(&ctx, v1::StatusRequest(), &resp)));
+  return ServerHealth{.health = resp.health(),
+                      .reason = resp.unhealthy_reason(),
+                      .epoch = resp.epoch(),
+                      .last_step = resp.last_step(),
+                      .restored_from = resp.restored_from()};
+}
+
 absl::Status Client::Impl::Push(v1::BufferKind kind, std::span<const float> data,
                                 int64_t offset) {
   grpc::ClientContext ctx;

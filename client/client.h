@@ -155,6 +155,15 @@ struct CheckpointProgress {
   std::string restored_from;      // checkpoint loaded at Register, if any
 };
 
+// This server's health (the admin service's Status, in brief).
+struct ServerHealth {
+  std::string health;            // SERVING, NOT_SERVING or NO_MODEL
+  std::string reason;            // why NOT_SERVING
+  int64_t epoch = 0;             // membership epoch: +1 per replaced rank
+  int64_t last_step = 0;         // last step applied or skipped
+  std::string restored_from;     // checkpoint this rank last rewound to
+};
+
 class Client {
  public:
   static absl::StatusOr<std::unique_ptr<Client>> Connect(
@@ -176,6 +185,9 @@ class Client {
   // commits once all ranks have written). Returns the step being saved.
   absl::StatusOr<int64_t> Checkpoint();
   absl::StatusOr<CheckpointProgress> CheckpointStatus();
+  // Whether the server serves, and its membership epoch: a trainer whose
+  // step failed learns from it whether the cluster was rebuilt and rewound.
+  absl::StatusOr<ServerHealth> Health();
 
   // Inline data plane (works with or without shared memory). Offsets are in
   // elements of the flat layout.

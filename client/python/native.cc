@@ -166,6 +166,17 @@ class PyClient {
     return d;
   }
 
+  nb::dict Health() {
+    ServerHealth h = Check(WithoutGil([&] { return client_->Health(); }));
+    nb::dict d;
+    d["health"] = h.health;
+    d["reason"] = h.reason;
+    d["epoch"] = h.epoch;
+    d["last_step"] = h.last_step;
+    d["restored_from"] = h.restored_from;
+    return d;
+  }
+
   void Push(const std::string& buffer, InArray data, int64_t offset) {
     std::span<const float> span(data.data(), data.shape(0));
     const Buffer b = BufferFromName(buffer);
@@ -253,6 +264,10 @@ NB_MODULE(_native, m) {
       .def("checkpoint_status", &PyClient::CheckpointStatus,
            "This server's checkpoint progress as a dict (in_flight, step, "
            "last_committed_step, last_error, restored_from, ...).")
+      .def("health", &PyClient::Health,
+           "This server's health as a dict: health (SERVING, NOT_SERVING, "
+           "NO_MODEL), reason, epoch (membership epoch), last_step, "
+           "restored_from.")
       .def("push", &PyClient::Push, nb::arg("buffer"), nb::arg("data"),
            nb::arg("offset") = 0,
            "Writes float32 data into params, grads, master, exp_avg or "

@@ -56,6 +56,20 @@ class Aborted(SherdError):
     code = "ABORTED"
 
 
+class Rewound(SherdError):
+    """A step failed because the cluster lost a shard server; it has been
+    rebuilt and every rank rewound to its newest checkpoint. The optimizer
+    has re-registered: the model's parameters hold the checkpoint's values,
+    and training continues with step ``next_step`` (reposition the data and
+    any LR scheduler there, recompute the gradients, and step again)."""
+    code = "ABORTED"
+
+    def __init__(self, message: str, next_step: int, checkpoint: str = ""):
+        super().__init__(message, code="ABORTED")
+        self.next_step = next_step
+        self.checkpoint = checkpoint
+
+
 # absl::StatusCode values, which equal gRPC's.
 _CODES = {
     1: ("CANCELLED", SherdError),

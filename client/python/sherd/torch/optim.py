@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 import warnings
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -179,14 +180,26 @@ class AdamW(torch.optim.Optimizer):
                     f"ranks build different models: rank {r} differs from rank 0: "
                     f"{_first_difference(specs[0], specs[r], r)}", code="FAILED_PRECONDITION")
 
-    def _register(self) -> None:
+    def _register(self, rejoin: bool = False) -> None:
+        """Registers the model (rejoin: again, after the cluster was rebuilt,
+        without the ranks' agreement on the model, which they made at start)."""
         rt = self.rt
         spec = self._spec()
-        self._agree(spec)
+        if not rejoin:
+            self._agree(spec)
         client = rt.client
         info = client.register(self.model_name, [tuple(t) for t in spec["tensors"]],
                                spec["groups"])
         self.info = info
+        # The membership epoch: after a failed step, a higher one says the
+        # cluster was rebuilt (and rewound) rather than that the step failed.
+        self._epoch = int(client.health()["epoch"])
+        self._rewound_at = -math.inf
+        if rejoin and not info["initialized"]:
+            raise errors.FailedPrecondition(
+                "the cluster lost a shard server and had no checkpoint to rewind to, so its "
+                "state starts over; restart the job (or save checkpoints: checkpoint_every)",
+                code="FAILED_PRECONDITION")
         self._P = torch.from_numpy(client.params())
         self._G = torch.from_numpy(client.grads())
         by_name = {n: (off, numel) for n, _shape, off, numel in client.layout()}
@@ -298,12 +311,7 @@ class AdamW(torch.optim.Optimizer):
             lr = float(g["lr"])
             b1, b2 = (float(b) for b in g["betas"])
             groups.append((g["name"], lr, b1, b2, float(g["eps"]), float(g["weight_decay"])))
-        try:
-            r = self.rt.client.step(lr=groups[0][1], grad_scale=scale,
-                                    max_grad_norm=self.max_grad_norm, groups=groups)
-        except errors.SherdError as e:
-            self.rt.check_server()
-            raise e
+        r = self._step_through_failures(groups, scale)
         self.last_result = r
         if r["applied"]:
             self.steps_applied += 1
@@ -314,6 +322,84 @@ class AdamW(torch.optim.Optimizer):
         else:
             self.steps_skipped += 1
         return loss
+
+    def _step_through_failures(self, groups, scale) -> dict:
+        """One step on the server. A step that fails because a shard server
+        was lost is waited out (at most the config's timeout_s): a step that
+        missed a peer (DEADLINE_EXCEEDED, nothing changed) is sent again;
+        once the cluster is rebuilt and rewound, the optimizer re-registers
+        and raises errors.Rewound with the step to continue from. Any other
+        failure is raised as it is."""
+        rt = self.rt
+        deadline = time.monotonic() + rt.cfg.timeout_s
+        while True:
+            try:
+                return rt.client.step(lr=groups[0][1], grad_scale=scale,
+                                      max_grad_norm=self.max_grad_norm, groups=groups)
+            except (errors.InvalidArgument, errors.ResourceExhausted):
+                raise
+            except errors.SherdError as e:
+                rt.check_server()
+                outcome = self._await_rebuild(e, deadline)
+                if outcome == "give up":
+                    raise
+                if outcome == "rebuilt":
+                    self._rejoin(e)  # raises Rewound
+                # "again": a peer was missing and nothing changed
+
+    def _await_rebuild(self, error: errors.SherdError, deadline: float) -> str:
+        """After a failed step: "rebuilt" once the cluster was rebuilt and
+        rewound (the membership epoch went up), "again" when the step missed
+        a peer and may be sent again, "give up" when the failure was not a
+        lost server or the rebuild did not come before the deadline."""
+        rt = self.rt
+        while time.monotonic() < deadline:
+            try:
+                h = rt.client.health()
+            except errors.SherdError:
+                # This rank's own server is gone: wait for its replacement
+                # (restarted at the same address) and ask that one.
+                time.sleep(0.2)
+                try:
+                    rt._connect()
+                except errors.SherdError:
+                    pass
+                continue
+            if h["epoch"] > self._epoch and h["health"] != "NOT_SERVING":
+                return "rebuilt"
+            if h["health"] == "SERVING":
+                # Serving and not rebuilt: a step that missed a peer (slow,
+                # or lost and not yet replaced) is worth sending again; so is
+                # one the other ranks' trainers refused because they have not
+                # learned of a rewind this one went through (their step ids
+                # differ; this one's is what its server expects).
+                if isinstance(error, errors.DeadlineExceeded):
+                    return "again"
+                if (isinstance(error, errors.FailedPrecondition)
+                        and time.monotonic() - self._rewound_at < rt.cfg.timeout_s
+                        and h["last_step"] + 1 == rt.client.next_step):
+                    time.sleep(0.1)
+                    return "again"
+                return "give up"
+            time.sleep(0.2)  # out of service until the lost rank is replaced
+        return "give up"
+
+    def _rejoin(self, error: errors.SherdError) -> None:
+        """Registers again after the cluster was rebuilt and raises Rewound."""
+        self._micro = 0
+        try:
+            self._register(rejoin=True)
+        except errors.SherdError as e:
+            raise e from error
+        self.rt._peer_clients = {}  # a replaced peer is another server now
+        self._rewound_at = time.monotonic()
+        restored = self.rt.client.health()["restored_from"]
+        raise errors.Rewound(
+            f"the cluster lost a shard server and rewound to {restored or 'its newest checkpoint'}"
+            f": training continues with step {self.info['next_step']} (the parameters hold "
+            f"that checkpoint's values); catch sherd.errors.Rewound to reposition the data "
+            f"there and go on", next_step=int(self.info["next_step"]), checkpoint=restored
+        ) from error
 
     def _scaled_step(self, scaler, closure):
         from torch.amp.grad_scaler import OptState
