@@ -54,10 +54,10 @@ absl::StatusOr<std::unique_ptr<Collective>> ConnectCollectives(
   absl::StatusOr<std::unique_ptr<Collective>> collective =
       CreateGlooCollective(store, config.rank, config.world_size, gloo);
   if (collective.ok() && config.shm_collectives) {
-    // Ranks on this host reduce and gather through shared memory, hosts
-    // through Gloo; the rest (and every barrier) stays on the full Gloo.
-    // Ranks on other hosts: groups of one rank per host over Gloo of their
-    // own, for the hierarchical path.
+    // Ranks that share this host reduce and gather through shared memory;
+    // across hosts, each group of one rank per host has a Gloo backend of
+    // its own (make_group); barriers and small all-reduces stay on the
+    // full Gloo.
     GroupFactory make_group = [gloo, shared_store](const std::string& prefix, int rank,
                                                    int world_size) {
       GlooOptions group = gloo;
