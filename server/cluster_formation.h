@@ -9,14 +9,16 @@
 // Every rank then rebuilds its collectives for epoch n, through keys of that
 // epoch, and hands them to ShardServer::Rejoin, which rewinds to the newest
 // complete checkpoint; the restarted rank itself forms at epoch n directly.
-// The watch is a 1 s long poll on the store. Rank 0 cannot be replaced: its
-// store is the cluster's, so losing it needs a restart of every server.
+// The watch is a 1 s long poll on the store. Rank 0 restarted at its
+// address comes back with an empty store: the other ranks notice (its
+// incarnation at "cluster/coordinator" changed), join it again saying the
+// epoch they were at, and rebuild and rewind at the epoch it forms past
+// theirs.
 //
 // Threads: Start() spawns one thread; Stop() may be called from any thread,
 // once. If formation (or a rebuild) is still blocked at Stop(), the thread
-// is abandoned
-// (it holds only shared state and never touches the shard server again) and
-// dies with the process.
+// is abandoned (it holds only shared state and never touches the shard
+// server again) and dies with the process.
 #pragma once
 
 #include <memory>
