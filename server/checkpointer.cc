@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <cerrno>
 #include <cstring>
 
@@ -60,7 +61,13 @@ Checkpointer::Checkpointer(CheckpointOptions options, int rank, int world_size)
 Checkpointer::~Checkpointer() = default;
 
 absl::Status Checkpointer::Prepare() {
-  RETURN_IF_ERROR(MakeDir(options_.root));
+  // The root and any missing parents, as `mkdir -p`.
+  std::error_code ec;
+  std::filesystem::create_directories(options_.root, ec);
+  if (ec) {
+    return absl::InternalError(
+        absl::StrCat("cannot make the checkpoint directory ", options_.root, ": ", ec.message()));
+  }
   if (rank_ != 0) return absl::OkStatus();
   ASSIGN_OR_RETURN(std::vector<std::string> removed, CleanLeftovers(options_.root));
   for (const std::string& r : removed) SHERD_LOG(Info, "removed leftover %s", r);

@@ -110,6 +110,24 @@ TEST_F(TwoRanks, AFailureToStartOnAnotherRankIsReportedAtOnce) {
   EXPECT_FALSE(fs::exists(root_ / "ckpt-000000000007"));
 }
 
+// --checkpoint-dir a/b/c where a/b does not exist yet: made, as `mkdir -p`
+// would (before, the server refused to start: "mkdir ...: No such file or
+// directory").
+TEST_F(TwoRanks, MissingParentsOfTheRootAreMade) {
+  const fs::path nested = root_ / "a" / "b" / "ckpt";
+  CheckpointOptions o{.root = nested.string()};
+  Checkpointer c(o, 0, 2);
+  absl::Status s = c.Prepare();
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_TRUE(fs::is_directory(nested));
+  // A root that cannot be a directory is still an error, naming it.
+  std::ofstream(root_ / "file") << "x";
+  Checkpointer bad(CheckpointOptions{.root = (root_ / "file" / "ckpt").string()}, 0, 2);
+  s = bad.Prepare();
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find((root_ / "file").string()), std::string::npos) << s;
+}
+
 TEST_F(TwoRanks, SaveIdsAreChecked) {
   auto c0 = Make(0, root_.string());
   for (const std::string& bad :

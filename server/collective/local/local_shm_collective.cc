@@ -233,7 +233,7 @@ class LocalShmCollective final : public Collective {
     } else {
       mode_ = Mode::kInner;
       if (per_host > 1 || !even) {
-        SHERD_LOG(Info, "%zu hosts with %s ranks each: collectives go over %s only",
+        SHERD_LOG(Info, "%zu hosts with %s ranks each: the collectives use %s only",
                   hosts_.size(), even ? absl::StrCat(per_host) : std::string("unequal numbers of"),
                   inner_->Describe());
       }
@@ -281,7 +281,7 @@ class LocalShmCollective final : public Collective {
               "rank ", k, " never advertised its ", b.key, " buffer: ", name.status().message()));
           absl::StatusOr<ShmRegion> region = ShmRegion::Open(*name, b.bytes);
           if (!region.ok()) {
-            SHERD_LOG(Warning, "cannot map rank %d's %s buffer (%s): collectives on it go over %s",
+            SHERD_LOG(Warning, "cannot map rank %d's %s buffer (%s): its collectives use %s",
                       k, b.key, region.status().message(), inner_->Describe());
             ok = false;
             break;
