@@ -88,6 +88,29 @@ class CheckpointTest : public ::testing::Test {
   std::vector<std::string> Flags(std::string restore) {
     return {"--checkpoint-dir", dir_.string(), "--restore", restore};
   }
+  // The params of `steps` steps on `world` ranks without a failure (the
+  // directory is emptied afterwards).
+  std::vector<float> Reference(int world, int steps) {
+    auto cluster = ClusterProcess::Start(world, Flags("none"));
+    EXPECT_TRUE(cluster.ok()) << cluster.status();
+    if (!cluster.ok()) return {};
+    Trainers t(*cluster, world);
+    t.Steps(steps);
+    std::vector<float> p = t.Params();
+    EXPECT_TRUE(cluster->Stop());
+    fs::remove_all(dir_);
+    return p;
+  }
+  // After a rank was replaced: every rank serves, and sherdctl (asked at
+  // `address`) says the cluster rewound to ckpt-4 at epoch 1.
+  void ExpectRewoundToCkpt4(const std::string& address) {
+    auto status = RunProgram({SHERDCTL_BIN, "--server", address, "status"});
+    EXPECT_EQ(status.out.find("NOT_SERVING"), std::string::npos) << status.out;
+    EXPECT_NE(status.out.find("membership epoch 1: ranks were replaced and the cluster rewound "
+                              "to ckpt-000000000004"),
+              std::string::npos)
+        << status.out;
+  }
   // Two ranks saving every `every` steps, trained to `steps` and stopped
   // (shutdown waits for the save in flight).
   void TrainWithPeriodicSaves(int every, int keep, int steps) {
@@ -298,16 +321,8 @@ TEST_F(CheckpointTest, AfterARewindTheOldTimelineIsSetAside) {
 // trainers re-register, and training continues with no restart of the
 // survivors, ending where a run without the failure ends.
 TEST_F(CheckpointTest, AKilledRankRestartedRejoinsAndEveryRankRewinds) {
-  std::vector<float> reference;
-  {  // The same 8 steps, without a failure.
-    auto cluster = ClusterProcess::Start(2, Flags("none"));
-    ASSERT_TRUE(cluster.ok()) << cluster.status();
-    Trainers t(*cluster, 2);
-    t.Steps(8);
-    reference = t.Params();
-    EXPECT_TRUE(cluster->Stop());
-    fs::remove_all(dir_);
-  }
+  const std::vector<float> reference = Reference(2, 8);  // without a failure
+  ASSERT_FALSE(reference.empty());
   const std::vector<std::string> flags = {"--checkpoint-dir", dir_.string(),
                                           "--checkpoint-every", "2", "--restore", "none",
                                           "--collective-timeout", "4"};
@@ -365,12 +380,7 @@ TEST_F(CheckpointTest, AKilledRankRestartedRejoinsAndEveryRankRewinds) {
               absl::ToDoubleSeconds(absl::Now() - restart));
   t.Steps(8);
   EXPECT_EQ(t.Params(), reference);
-  auto status = RunProgram({SHERDCTL_BIN, "--server", cluster->address(0), "status"});
-  EXPECT_EQ(status.out.find("NOT_SERVING"), std::string::npos) << status.out;
-  EXPECT_NE(status.out.find("membership epoch 1: ranks were replaced and the cluster rewound to "
-                            "ckpt-000000000004"),
-            std::string::npos)
-      << status.out;
+  ExpectRewoundToCkpt4(cluster->address(0));
   EXPECT_TRUE(cluster->Stop());
 }
 
@@ -380,16 +390,8 @@ TEST_F(CheckpointTest, AKilledRankRestartedRejoinsAndEveryRankRewinds) {
 // newest checkpoint, with no restart of the survivors.
 TEST_F(CheckpointTest, AKilledRankZeroRestartedAtItsAddressIsRejoinedAndEveryRankRewinds) {
   constexpr int kWorld = 3;
-  std::vector<float> reference;
-  {  // The same 8 steps, without a failure.
-    auto cluster = ClusterProcess::Start(kWorld, Flags("none"));
-    ASSERT_TRUE(cluster.ok()) << cluster.status();
-    Trainers t(*cluster, kWorld);
-    t.Steps(8);
-    reference = t.Params();
-    EXPECT_TRUE(cluster->Stop());
-    fs::remove_all(dir_);
-  }
+  const std::vector<float> reference = Reference(kWorld, 8);  // without a failure
+  ASSERT_FALSE(reference.empty());
   const std::vector<std::string> flags = {"--checkpoint-dir", dir_.string(),
                                           "--checkpoint-every", "2", "--restore", "none",
                                           "--collective-timeout", "4"};
@@ -431,12 +433,7 @@ TEST_F(CheckpointTest, AKilledRankZeroRestartedAtItsAddressIsRejoinedAndEveryRan
               absl::ToDoubleSeconds(absl::Now() - restart));
   t.Steps(8);
   EXPECT_EQ(t.Params(), reference);
-  auto status = RunProgram({SHERDCTL_BIN, "--server", cluster->address(1), "status"});
-  EXPECT_EQ(status.out.find("NOT_SERVING"), std::string::npos) << status.out;
-  EXPECT_NE(status.out.find("membership epoch 1: ranks were replaced and the cluster rewound to "
-                            "ckpt-000000000004"),
-            std::string::npos)
-      << status.out;
+  ExpectRewoundToCkpt4(cluster->address(1));
   EXPECT_TRUE(cluster->Stop());
 }
 
